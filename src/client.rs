@@ -1,0 +1,186 @@
+//! The command-line client: `forkpool run`, `forkpool jobs`, `forkpool status`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::pb::{self, execute_request::Msg, execute_response::Event, executor_client::ExecutorClient};
+
+/// Where the client connects when `--server` is not given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Exit code of `forkpool run` when the server refused or failed the call.
+pub const EXIT_CALL_FAILED: i32 = 125;
+/// Exit code of `forkpool run` when the program could not be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 127;
+/// Exit code of `forkpool run` after Ctrl-C (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Connects to a forkpool server.
+pub async fn connect(server: &str) -> anyhow::Result<ExecutorClient<Channel>> {
+    let channel = Channel::from_shared(server.to_string())
+        .with_context(|| format!("invalid server URL {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(ExecutorClient::new(channel))
+}
+
+/// What `forkpool run` should do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Server URL.
+    pub server: String,
+    /// Catalog job; without it, `args` is a raw command.
+    pub job: Option<String>,
+    /// Job timeout.
+    pub timeout: Option<Duration>,
+    /// Kill grace.
+    pub kill_grace: Option<Duration>,
+    /// Environment entries.
+    pub env: Vec<(String, String)>,
+    /// The job's extra args, or the raw argv.
+    pub args: Vec<String>,
+}
+
+/// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
+/// 128+N when a signal N killed it).
+pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    let mut client = connect(&options.server).await?;
+    let (job, args, command) = match options.job {
+        Some(job) => (job, options.args, Vec::new()),
+        None if options.args.is_empty() => bail!("nothing to run: give --job NAME or a command after --"),
+        None => (String::new(), Vec::new(), options.args),
+    };
+    let start = pb::StartJob {
+        job,
+        args,
+        command,
+        env: options.env.into_iter().collect(),
+        timeout: options.timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        kill_grace: options.kill_grace.and_then(|d| prost_types::Duration::try_from(d).ok()),
+    };
+    let (requests, outgoing) = mpsc::channel(4);
+    requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
+    tokio::spawn(forward_stdin(requests));
+    let mut responses = client.execute(ReceiverStream::new(outgoing)).await.map_err(call_failed)?.into_inner();
+
+    let show_queue = std::io::stderr().is_terminal();
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    loop {
+        let message = tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\nforkpool: interrupted; the job is cancelled");
+                return Ok(EXIT_INTERRUPTED);
+            }
+            message = responses.message() => message,
+        };
+        let event = match message {
+            Ok(Some(pb::ExecuteResponse { event: Some(event) })) => event,
+            Ok(Some(_)) => continue,
+            Ok(None) => bail!("the server ended the call without an exit status"),
+            Err(status) => return Err(call_failed(status)),
+        };
+        match event {
+            Event::Queued(q) if show_queue => eprint!("\rforkpool: queued, position {}   ", q.position),
+            Event::Queued(_) => {}
+            Event::Started(_) if show_queue => eprint!("\r\x1b[K"),
+            Event::Started(_) => {}
+            Event::Stdout(bytes) => {
+                stdout.write_all(&bytes).await?;
+                stdout.flush().await?;
+            }
+            Event::Stderr(bytes) => {
+                stderr.write_all(&bytes).await?;
+                stderr.flush().await?;
+            }
+            Event::Exited(exited) => {
+                return Ok(match exited.status {
+                    Some(pb::exited::Status::Code(code)) => code,
+                    Some(pb::exited::Status::Signal(signal)) => 128 + signal,
+                    None => EXIT_CALL_FAILED,
+                });
+            }
+        }
+    }
+}
+
+/// Forwards our stdin to the job; EOF closes the job's stdin.
+async fn forward_stdin(requests: mpsc::Sender<pb::ExecuteRequest>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let msg = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => Msg::CloseStdin(pb::CloseStdin {}),
+            Ok(n) => Msg::Stdin(buf[..n].to_vec()),
+        };
+        let last = matches!(msg, Msg::CloseStdin(_));
+        if requests.send(pb::ExecuteRequest { msg: Some(msg) }).await.is_err() || last {
+            // Keep the request stream open after close_stdin: half-closing is fine too, but this way the
+            // request side ends only with the call.
+            if last {
+                requests.closed().await;
+            }
+            return;
+        }
+    }
+}
+
+/// An error carrying the exit code `forkpool run` should use for a failed call.
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct CallFailed {
+    /// The gRPC status code.
+    pub code: tonic::Code,
+    /// The server's message.
+    pub message: String,
+}
+
+impl CallFailed {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        if self.code == tonic::Code::FailedPrecondition { EXIT_CANNOT_EXECUTE } else { EXIT_CALL_FAILED }
+    }
+}
+
+fn call_failed(status: tonic::Status) -> anyhow::Error {
+    CallFailed { code: status.code(), message: status.message().to_string() }.into()
+}
+
+/// Prints the server's job catalog.
+pub async fn jobs(server: &str) -> anyhow::Result<()> {
+    let reply = connect(server).await?.list_jobs(pb::ListJobsRequest {}).await.map_err(call_failed)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<16} {:<5} {:<12} {:<24} DESCRIPTION", "NAME", "ARGS", "MAX TIMEOUT", "COMMAND")?;
+    for job in reply.jobs {
+        let max = job
+            .max_timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .map_or_else(|| "-".to_string(), |d| humantime::format_duration(d).to_string());
+        let args = if job.accepts_args { "yes" } else { "no" };
+        writeln!(out, "{:<16} {:<5} {:<12} {:<24} {}", job.name, args, max, job.command.join(" "), job.description)?;
+    }
+    writeln!(out, "raw commands: {}", if reply.raw_commands_allowed { "allowed" } else { "not allowed" })?;
+    Ok(())
+}
+
+/// Prints the server's status.
+pub async fn status(server: &str) -> anyhow::Result<()> {
+    let s = connect(server).await?.get_status(pb::GetStatusRequest {}).await.map_err(call_failed)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "workers:         {} ({} running)", s.workers, s.running)?;
+    writeln!(out, "queue:           {} of {}", s.queued, s.queue_capacity)?;
+    writeln!(out, "started:         {}", s.started_total)?;
+    writeln!(out, "finished:        {}", s.finished_total)?;
+    writeln!(out, "cancelled:       {}", s.cancelled_total)?;
+    writeln!(out, "timed out:       {}", s.timed_out_total)?;
+    writeln!(out, "rejected:        {}", s.rejected_total)?;
+    writeln!(out, "orphans reaped:  {}", s.orphans_reaped_total)?;
+    Ok(())
+}

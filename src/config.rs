@@ -1,0 +1,429 @@
+//! Configuration: the TOML file and its defaults, the job catalog, and the validation that turns a client's
+//! `StartJob` into a [`JobPlan`]: exactly what to exec, with which environment, timeout and kill grace.
+//!
+//! Every way a `StartJob` can be wrong is decided here, before the call takes a queue place, and reported as
+//! a [`PlanError`] whose kind maps one-to-one onto a gRPC code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::pb;
+
+/// Where the server listens when neither the config nor the command line says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// The small, safe environment every job starts from; the catalog or the request adds to it. The server's
+/// own environment never reaches a job.
+pub const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The server's whole configuration. Every field has a default, so an empty file (or none) is valid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Concurrent jobs; 0 means the number of CPUs.
+    pub workers: usize,
+    /// Calls that may wait for a worker slot; beyond that, `RESOURCE_EXHAUSTED`.
+    pub queue: usize,
+    /// Whether `StartJob.command` (a raw argv) is accepted.
+    pub allow_raw_commands: bool,
+    /// SIGTERM → SIGKILL grace when the request names none.
+    #[serde(deserialize_with = "duration")]
+    pub default_kill_grace: Duration,
+    /// Upper bound for a requested grace.
+    #[serde(deserialize_with = "duration")]
+    pub max_kill_grace: Duration,
+    /// Upper bound for a raw command's timeout; none = unlimited.
+    #[serde(deserialize_with = "optional_duration")]
+    pub raw_max_timeout: Option<Duration>,
+    /// Interval of HTTP/2 and TCP keepalive probes, so a peer that vanished silently is noticed.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// The job catalog (`[[job]]` tables).
+    #[serde(rename = "job")]
+    pub jobs: Vec<CatalogJob>,
+}
+
+/// One job of the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogJob {
+    /// The name clients use in `StartJob.job`.
+    pub name: String,
+    /// Shown by `ListJobs`.
+    #[serde(default)]
+    pub description: String,
+    /// The argv; `command[0]` is looked up in the job's `PATH` unless it contains a `/`.
+    pub command: Vec<String>,
+    /// Whether `StartJob.args` may append arguments.
+    #[serde(default)]
+    pub accepts_args: bool,
+    /// Fixed environment entries, on top of the base environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment keys a request may set.
+    #[serde(default)]
+    pub allowed_env: Vec<String>,
+    /// Longest the job may run; also its timeout when the request names none.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_timeout: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
+            workers: 0,
+            queue: 64,
+            allow_raw_commands: false,
+            default_kill_grace: Duration::from_secs(2),
+            max_kill_grace: Duration::from_secs(60),
+            raw_max_timeout: None,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            jobs: builtin_catalog(),
+        }
+    }
+}
+
+/// The demo catalog used when no config file is given: harmless jobs to try the service with.
+fn builtin_catalog() -> Vec<CatalogJob> {
+    let job = |name: &str, description: &str, command: &str, accepts_args, max_secs| CatalogJob {
+        name: name.into(),
+        description: description.into(),
+        command: vec![command.into()],
+        accepts_args,
+        env: BTreeMap::new(),
+        allowed_env: Vec::new(),
+        max_timeout: Some(Duration::from_secs(max_secs)),
+    };
+    vec![
+        job("echo", "Prints its arguments.", "echo", true, 10),
+        job("sleep", "Sleeps for the given number of seconds.", "sleep", true, 3600),
+        job("cat", "Copies stdin to stdout.", "cat", false, 3600),
+    ]
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The values are inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: shown, source },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: "<text>".into(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique names, usable argv and environment, consistent bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.default_kill_grace > self.max_kill_grace {
+            return invalid("default_kill_grace exceeds max_kill_grace".into());
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return invalid("keepalive_interval and keepalive_timeout must be positive".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for job in &self.jobs {
+            if job.name.is_empty() || job.name.contains('\0') {
+                return invalid("a job has an empty name or a name with a NUL byte".into());
+            }
+            if !seen.insert(job.name.as_str()) {
+                return invalid(format!("job `{}` is defined twice", job.name));
+            }
+            if job.command.first().is_none_or(String::is_empty) {
+                return invalid(format!("job `{}` has an empty command", job.name));
+            }
+            if let Some(arg) = job.command.iter().find(|a| a.contains('\0')) {
+                return invalid(format!("job `{}`: command argument {arg:?} contains a NUL byte", job.name));
+            }
+            for (key, value) in &job.env {
+                check_env_entry(key, value).or_else(|m| invalid(format!("job `{}`: {m}", job.name)))?;
+            }
+            for key in &job.allowed_env {
+                check_env_entry(key, "").or_else(|m| invalid(format!("job `{}`: allowed_env: {m}", job.name)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Worker slots, with 0 resolved to the number of CPUs.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 { self.workers } else { std::thread::available_parallelism().map_or(1, usize::from) }
+    }
+
+    /// The catalog as `ListJobs` shows it.
+    pub fn job_infos(&self) -> Vec<pb::JobInfo> {
+        self.jobs
+            .iter()
+            .map(|j| pb::JobInfo {
+                name: j.name.clone(),
+                description: j.description.clone(),
+                command: j.command.clone(),
+                accepts_args: j.accepts_args,
+                max_timeout: j.max_timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            })
+            .collect()
+    }
+
+    /// Validates a `StartJob` against the catalog and policy, and resolves it into a [`JobPlan`].
+    pub fn plan(&self, start: pb::StartJob) -> Result<JobPlan, PlanError> {
+        use PlanError::{InvalidArgument, NotFound, PermissionDenied};
+        let timeout = request_duration("timeout", start.timeout)?.filter(|d| !d.is_zero());
+        let kill_grace = request_duration("kill_grace", start.kill_grace)?;
+        no_nul("job", &start.job)?;
+        for (i, a) in start.args.iter().enumerate() {
+            no_nul(&format!("args[{i}]"), a)?;
+        }
+        for (i, a) in start.command.iter().enumerate() {
+            no_nul(&format!("command[{i}]"), a)?;
+        }
+        for (k, v) in &start.env {
+            check_env_entry(k, v).map_err(InvalidArgument)?;
+        }
+        let mut env = base_env();
+        let (name, mut argv, max_timeout) = match (start.job.is_empty(), start.command.is_empty()) {
+            (true, true) => {
+                return Err(InvalidArgument(
+                    "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(InvalidArgument("start sets both `job` and `command`; set exactly one".into()));
+            }
+            (true, false) => {
+                if !self.allow_raw_commands {
+                    return Err(PermissionDenied(
+                        "raw commands are not allowed on this server; run a catalog job (see ListJobs)".into(),
+                    ));
+                }
+                if start.command[0].is_empty() {
+                    return Err(InvalidArgument("command[0] (the program) is empty".into()));
+                }
+                env.extend(start.env);
+                (format!("raw:{}", start.command[0]), start.command, self.raw_max_timeout)
+            }
+            (false, true) => {
+                let job =
+                    self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
+                        NotFound(format!("no job named `{}` in the catalog (see ListJobs)", start.job))
+                    })?;
+                if !start.args.is_empty() && !job.accepts_args {
+                    return Err(PermissionDenied(format!("job `{}` does not accept arguments", job.name)));
+                }
+                if let Some(key) = start.env.keys().find(|k| !job.allowed_env.contains(k)) {
+                    return Err(PermissionDenied(format!(
+                        "job `{}` does not accept environment variable `{key}` (allowed: {:?})",
+                        job.name, job.allowed_env
+                    )));
+                }
+                env.extend(job.env.clone());
+                env.extend(start.env);
+                (job.name.clone(), job.command.clone(), job.max_timeout)
+            }
+        };
+        argv.extend(start.args);
+        let timeout = match (timeout, max_timeout) {
+            (Some(t), Some(max)) => Some(t.min(max)),
+            (t, max) => t.or(max),
+        };
+        let kill_grace = kill_grace.unwrap_or(self.default_kill_grace).min(self.max_kill_grace);
+        Ok(JobPlan { name, argv, env, timeout, kill_grace })
+    }
+}
+
+/// A validated request: exactly what the worker will be.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    /// Catalog name, or `raw:PROGRAM` for a raw command (for logs).
+    pub name: String,
+    /// The complete argv.
+    pub argv: Vec<String>,
+    /// The complete environment.
+    pub env: BTreeMap<String, String>,
+    /// Kill the job (reason `TIMED_OUT`) after this long.
+    pub timeout: Option<Duration>,
+    /// SIGTERM → SIGKILL grace when the job is killed.
+    pub kill_grace: Duration,
+}
+
+/// Why a `StartJob` was refused. Each kind is one gRPC status code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Malformed request (`INVALID_ARGUMENT`).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown job (`NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed by policy (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+fn base_env() -> BTreeMap<String, String> {
+    [("PATH", BASE_PATH), ("HOME", "/"), ("LANG", "C.UTF-8")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn no_nul(what: &str, value: &str) -> Result<(), PlanError> {
+    if value.contains('\0') {
+        return Err(PlanError::InvalidArgument(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn check_env_entry(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("an environment variable has an empty name".into());
+    }
+    if key.contains('=') {
+        return Err(format!("environment variable name {key:?} contains `=`"));
+    }
+    if key.contains('\0') || value.contains('\0') {
+        return Err(format!("environment variable {key:?} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// A protobuf duration from a request, refusing negative and malformed values.
+fn request_duration(field: &str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, PlanError> {
+    let Some(d) = d else { return Ok(None) };
+    let secs = u64::try_from(d.seconds);
+    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000);
+    match (secs, nanos) {
+        (Ok(s), Some(n)) => Ok(Some(Duration::new(s, n))),
+        _ if d.seconds < 0 || d.nanos < 0 => {
+            Err(PlanError::InvalidArgument(format!("{field} is negative ({}s {}ns)", d.seconds, d.nanos)))
+        }
+        _ => Err(PlanError::InvalidArgument(format!("{field} has invalid nanos {}", d.nanos))),
+    }
+}
+
+/// Parses a humantime duration (`500ms`, `2s`, `1m`) for the command line.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} (try 500ms, 2s, 1m): {e}"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_config() -> Config {
+        Config { allow_raw_commands: true, ..Config::default() }
+    }
+
+    fn start(job: &str, command: &[&str]) -> pb::StartJob {
+        pb::StartJob { job: job.into(), command: command.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn catalog_job_gets_base_env_and_capped_timeout() {
+        let mut s = start("sleep", &[]);
+        s.args = vec!["1".into()];
+        s.timeout = Some(prost_types::Duration { seconds: 99_999, nanos: 0 });
+        let plan = Config::default().plan(s).expect("valid");
+        assert_eq!(plan.argv, ["sleep", "1"]);
+        assert_eq!(plan.timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(plan.env.get("PATH").map(String::as_str), Some(BASE_PATH));
+        assert_eq!(plan.kill_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn each_bad_start_gets_its_own_kind() {
+        let c = Config::default();
+        assert!(matches!(c.plan(start("", &[])), Err(PlanError::InvalidArgument(_))));
+        assert!(matches!(c.plan(start("echo", &["x"])), Err(PlanError::InvalidArgument(_))));
+        assert!(matches!(c.plan(start("nope", &[])), Err(PlanError::NotFound(_))));
+        assert!(matches!(c.plan(start("", &["ls"])), Err(PlanError::PermissionDenied(_))));
+        let mut s = start("cat", &[]);
+        s.args = vec!["/etc/passwd".into()];
+        assert!(matches!(c.plan(s), Err(PlanError::PermissionDenied(_))));
+        let mut s = start("echo", &[]);
+        s.env.insert("X".into(), "1".into());
+        assert!(matches!(c.plan(s), Err(PlanError::PermissionDenied(_))));
+        let mut s = start("", &["ls"]);
+        s.env.insert("A=B".into(), "1".into());
+        assert!(matches!(raw_config().plan(s), Err(PlanError::InvalidArgument(_))));
+        let mut s = start("", &["ls"]);
+        s.kill_grace = Some(prost_types::Duration { seconds: -1, nanos: 0 });
+        assert!(matches!(raw_config().plan(s), Err(PlanError::InvalidArgument(_))));
+        assert!(matches!(raw_config().plan(start("", &["ls", "a\0b"])), Err(PlanError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn config_file_round_trip_and_validation() {
+        let c = Config::parse(
+            r#"
+            workers = 3
+            default_kill_grace = "500ms"
+            [[job]]
+            name = "convert"
+            command = ["convert", "-"]
+            allowed_env = ["QUALITY"]
+            max_timeout = "1m"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.worker_count(), 3);
+        assert_eq!(c.default_kill_grace, Duration::from_millis(500));
+        assert_eq!(c.jobs[0].max_timeout, Some(Duration::from_secs(60)));
+        assert!(Config::parse("[[job]]\nname='a'\ncommand=[]").is_err());
+        assert!(Config::parse("[[job]]\nname='a'\ncommand=['x']\n[[job]]\nname='a'\ncommand=['y']").is_err());
+        assert!(Config::parse("bogus = 1").is_err());
+        assert!(Config::parse("default_kill_grace = 'soon'").is_err());
+    }
+}

@@ -1,0 +1,518 @@
+//! One job's life: wait for a slot, spawn the worker, stream its output and the client's input, end it,
+//! and report exactly once.
+//!
+//! A job ends in one of these ways, and each is reported exactly once:
+//! - the worker exits on its own (or from a signal the client sent): `exited`, reason `EXITED`;
+//! - its timeout passes: killed, `exited` with `TIMED_OUT`;
+//! - the server shuts down: killed, `exited` with `SHUTDOWN`;
+//! - the call ends (cancel, disconnect: the response stream's drop guard fires `cancelled`): killed, and
+//!   nobody is left to tell;
+//! - the call's deadline passes: killed, `DEADLINE_EXCEEDED`;
+//! - the client sends something invalid mid-call (a second `start`): killed, `INVALID_ARGUMENT`.
+//!
+//! Whatever the way, `exited` (or the error) is sent only after the worker is reaped, the rest of its group
+//! is killed and reaped, and its output is drained.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::config::JobPlan;
+use crate::kill::GroupKiller;
+use crate::output;
+use crate::pb::{self, execute_request::Msg, execute_response::Event as Ev};
+use crate::pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
+use crate::reaper::{ExitStatus, JobReaps, Registry, WorkerEntry, WorkerExit};
+use crate::spawn::{Command, SpawnError, Spawner};
+
+/// How long to wait, after the worker is reaped, for the rest of its group to die and be reaped.
+const GROUP_GONE_WAIT: Duration = Duration::from_secs(5);
+
+/// One item of a call's response stream.
+pub type Event = Result<pb::ExecuteResponse, JobError>;
+
+/// Why a call ended with an error status instead of `exited`.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A later request was invalid (`INVALID_ARGUMENT`); the job was killed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The worker could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The call's deadline passed; the job was killed.
+    #[error("the call's deadline passed; the job was killed")]
+    DeadlineExceeded,
+    /// The server is shutting down and the call had not started.
+    #[error("the server is shutting down; the job did not start")]
+    ShuttingDown,
+    /// The worker's status was lost (a bug).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Lifetime counters, as `GetStatus` reports them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Jobs whose worker was spawned.
+    pub started: AtomicU64,
+    /// Started jobs that have ended, for any reason.
+    pub finished: AtomicU64,
+    /// Calls (queued or running) ended by the client: cancel, disconnect, deadline.
+    pub cancelled: AtomicU64,
+    /// Jobs killed by their timeout.
+    pub timed_out: AtomicU64,
+    /// Calls refused admission.
+    pub rejected: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Everything jobs share: the pool, the spawner, the reaper's registry, counters and the shutdown signal.
+#[derive(Debug)]
+pub struct Jobs {
+    pool: Arc<Pool>,
+    spawner: Spawner,
+    registry: Arc<Registry>,
+    stats: Stats,
+    shutdown: CancellationToken,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+/// One call's inputs, handed over by the service once the `start` request is validated and admitted.
+#[derive(Debug)]
+pub struct Call<S> {
+    /// What to run.
+    pub plan: JobPlan,
+    /// The slot or queue place.
+    pub admission: Admission,
+    /// The rest of the request stream (stdin, close_stdin, signal).
+    pub requests: S,
+    /// The response stream.
+    pub events: mpsc::Sender<Event>,
+    /// Fired when the call ends early (the response stream was dropped).
+    pub cancelled: CancellationToken,
+    /// The call's deadline (`grpc-timeout`).
+    pub deadline: Option<Instant>,
+    /// The client's address, for logs.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Why a running job is being killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    Cancelled,
+    Deadline,
+    TimedOut,
+    Shutdown,
+    Invalid(String),
+}
+
+impl Jobs {
+    /// Shared state for all jobs. `shutdown` fires when running jobs must be killed (reason `SHUTDOWN`).
+    pub fn new(pool: Arc<Pool>, spawner: Spawner, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Jobs {
+            pool,
+            spawner,
+            registry,
+            stats: Stats::default(),
+            shutdown,
+            next_id: AtomicU64::new(1),
+            id_prefix: format!("{:x}", started & 0xff_ffff),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The reaper's registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Admits a call to the pool, counting refusals.
+    pub fn admit(&self) -> Result<Admission, AdmissionError> {
+        self.pool.admit().inspect_err(|_| bump(&self.stats.rejected))
+    }
+
+    /// Runs one call to its end. Spawned as its own task by the service.
+    pub async fn run<S>(self: Arc<Self>, call: Call<S>)
+    where
+        S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let span = info_span!("job", job_id = %id, job = %call.plan.name, peer = ?call.peer, pid = field::Empty);
+        self.run_call(id, call).instrument(span).await;
+    }
+
+    async fn run_call<S>(&self, job_id: String, call: Call<S>)
+    where
+        S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let Call { plan, admission, requests, events, cancelled, deadline, .. } = call;
+        let slot = match admission {
+            Admission::Slot(slot) => slot,
+            Admission::Queued(ticket) => match self.wait_in_queue(ticket, &events, &cancelled, deadline).await {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        let command = match Command::new(&plan.argv, &plan.env) {
+            Ok(command) => command,
+            Err(e) => return send_last(&events, Err(e.into())).await,
+        };
+        let reaps = Arc::new(JobReaps::default());
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps) };
+        let spawned = match self.spawner.spawn(command, entry).await {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                warn!(error = %e, "spawn failed");
+                return send_last(&events, Err(e.into())).await;
+            }
+        };
+        let started_at = Instant::now();
+        bump(&self.stats.started);
+        let pid = spawned.pid;
+        tracing::Span::current().record("pid", pid);
+        info!(argv = ?plan.argv, "started");
+        let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
+        let _ = events.send(Ok(response(started))).await;
+
+        let worker_gone = CancellationToken::new();
+        let stdout = tokio::spawn(output::pump(
+            spawned.stdout,
+            events.clone(),
+            |b| Ok(response(Ev::Stdout(b))),
+            worker_gone.clone(),
+        ));
+        let stderr = tokio::spawn(output::pump(
+            spawned.stderr,
+            events.clone(),
+            |b| Ok(response(Ev::Stderr(b))),
+            worker_gone.clone(),
+        ));
+        let (stdin_tx, stdin_rx) = mpsc::channel(4);
+        let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
+
+        let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
+        let supervisor = Supervisor {
+            killer: &killer,
+            kill_grace: plan.kill_grace,
+            requests,
+            stdin: Some(stdin_tx),
+            pending_stdin: None,
+            requests_open: true,
+            ending: None,
+        };
+        let timeout_at = plan.timeout.map(|t| started_at + t);
+        let (exit, ending) = supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at).await;
+        let wall_time = started_at.elapsed();
+
+        // The reaper killed the rest of the group when it reaped the worker. Wait until the group is gone
+        // (its orphans reaped and recorded), then let the pumps drain what is left in the pipes.
+        worker_gone.cancel();
+        stdin.abort();
+        self.wait_group_gone(&killer, &reaps).await;
+        let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
+        let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
+        self.registry.forget_session(pid);
+        let reaped = reaps.take();
+        drop(slot);
+        bump(&self.stats.finished);
+        debug!(?stdout_end, stdout_bytes, ?stderr_end, stderr_bytes, "output drained");
+
+        let Some(exit) = exit else {
+            return send_last(&events, Err(JobError::Internal("the worker's exit status was lost"))).await;
+        };
+        let reason = match &ending {
+            None => pb::ExitReason::Exited,
+            Some(Ending::TimedOut) => pb::ExitReason::TimedOut,
+            Some(Ending::Shutdown) => pb::ExitReason::Shutdown,
+            Some(Ending::Cancelled) | Some(Ending::Deadline) | Some(Ending::Invalid(_)) => pb::ExitReason::Unspecified,
+        };
+        info!(
+            status = ?exit.status,
+            ending = ?ending,
+            wall_ms = wall_time.as_millis() as u64,
+            user_ms = exit.user_time.as_millis() as u64,
+            system_ms = exit.system_time.as_millis() as u64,
+            max_rss_bytes = exit.max_rss_bytes,
+            orphans = reaped.len(),
+            "exited"
+        );
+        match ending {
+            Some(Ending::Cancelled) => bump(&self.stats.cancelled),
+            Some(Ending::Deadline) => {
+                bump(&self.stats.cancelled);
+                send_last(&events, Err(JobError::DeadlineExceeded)).await;
+            }
+            Some(Ending::Invalid(message)) => send_last(&events, Err(JobError::InvalidRequest(message))).await,
+            Some(Ending::TimedOut) | Some(Ending::Shutdown) | None => {
+                if reason == pb::ExitReason::TimedOut {
+                    bump(&self.stats.timed_out);
+                }
+                let exited = exited_event(&exit, reason, wall_time, reaped);
+                send_last(&events, Ok(response(Ev::Exited(exited)))).await;
+            }
+        }
+    }
+
+    /// Waits for a slot, sending `queued` events as the position changes. `None` if the call ended first
+    /// (reported here).
+    async fn wait_in_queue(
+        &self,
+        mut ticket: Ticket,
+        events: &mpsc::Sender<Event>,
+        cancelled: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Option<Slot> {
+        let _ = events.send(Ok(response(Ev::Queued(pb::Queued { position: ticket.position() })))).await;
+        let mut deadline = sleep_until_or_never(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancelled.cancelled() => {
+                    bump(&self.stats.cancelled);
+                    info!("cancelled while queued");
+                    return None;
+                }
+                () = &mut deadline => {
+                    bump(&self.stats.cancelled);
+                    info!("deadline passed while queued");
+                    send_last(events, Err(JobError::DeadlineExceeded)).await;
+                    return None;
+                }
+                event = ticket.next_event() => match event {
+                    QueueEvent::Granted(slot) => return Some(slot),
+                    QueueEvent::Moved(position) => {
+                        let _ = events.send(Ok(response(Ev::Queued(pb::Queued { position })))).await;
+                    }
+                    QueueEvent::Closed => {
+                        bump(&self.stats.rejected);
+                        send_last(events, Err(JobError::ShuttingDown)).await;
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Waits (bounded) until no process is left in the job's group, so that every orphan is reaped and
+    /// recorded before `exited` is built.
+    async fn wait_group_gone(&self, killer: &GroupKiller, reaps: &JobReaps) {
+        let give_up = Instant::now() + GROUP_GONE_WAIT;
+        while killer.group_exists() {
+            if Instant::now() >= give_up {
+                warn!("processes of the job's group are still present {GROUP_GONE_WAIT:?} after the worker exited");
+                return;
+            }
+            tokio::select! {
+                () = reaps.notify.notified() => {}
+                () = sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
+}
+
+/// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
+/// end early.
+struct Supervisor<'a, S> {
+    killer: &'a GroupKiller,
+    kill_grace: Duration,
+    requests: S,
+    stdin: Option<mpsc::Sender<Vec<u8>>>,
+    pending_stdin: Option<Vec<u8>>,
+    requests_open: bool,
+    ending: Option<Ending>,
+}
+
+impl<S> Supervisor<'_, S>
+where
+    S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
+{
+    async fn run(
+        mut self,
+        exit: oneshot::Receiver<WorkerExit>,
+        cancelled: &CancellationToken,
+        shutdown: &CancellationToken,
+        deadline: Option<Instant>,
+        timeout_at: Option<Instant>,
+    ) -> (Option<WorkerExit>, Option<Ending>) {
+        tokio::pin!(exit);
+        let deadline = sleep_until_or_never(deadline);
+        let timeout = sleep_until_or_never(timeout_at);
+        let escalate = sleep_until_or_never(None);
+        let (mut deadline, mut timeout, mut escalate) = (deadline, timeout, escalate);
+        let mut escalation_armed = false;
+        loop {
+            let ending = tokio::select! {
+                biased;
+                exit = &mut exit => return (exit.ok(), self.ending),
+                () = &mut escalate, if escalation_armed => {
+                    escalation_armed = false;
+                    self.killer.kill();
+                    None
+                }
+                () = cancelled.cancelled(), if self.ending.is_none() => Some(Ending::Cancelled),
+                () = shutdown.cancelled(), if self.ending.is_none() => Some(Ending::Shutdown),
+                () = &mut deadline, if self.ending.is_none() => Some(Ending::Deadline),
+                () = &mut timeout, if self.ending.is_none() => Some(Ending::TimedOut),
+                permit = reserve(self.stdin.clone()), if self.pending_stdin.is_some() => {
+                    match permit {
+                        Some(permit) => {
+                            permit.send(self.pending_stdin.take().unwrap_or_default());
+                        }
+                        None => {
+                            // The job closed its stdin; discard what the client sends from now on.
+                            self.pending_stdin = None;
+                            self.stdin = None;
+                        }
+                    }
+                    None
+                }
+                request = self.requests.next(),
+                    if self.requests_open && self.pending_stdin.is_none() && self.ending.is_none() => {
+                    self.on_request(request)
+                }
+            };
+            if let Some(ending) = ending {
+                info!(?ending, "ending the job");
+                self.ending = Some(ending);
+                if let Some(at) = self.killer.terminate(self.kill_grace) {
+                    escalate.as_mut().reset(at);
+                    escalation_armed = true;
+                }
+            }
+        }
+    }
+
+    /// Handles one request of a running job; returns an ending if the call must end.
+    fn on_request(&mut self, request: Option<Result<pb::ExecuteRequest, tonic::Status>>) -> Option<Ending> {
+        match request {
+            // Half-close: the client has nothing more to send. Not a cancellation.
+            None => {
+                self.requests_open = false;
+                self.stdin = None;
+                None
+            }
+            Some(Err(status)) => {
+                debug!(%status, "request stream failed");
+                Some(Ending::Cancelled)
+            }
+            Some(Ok(request)) => match request.msg {
+                Some(Msg::Stdin(data)) => {
+                    if self.stdin.is_some() && !data.is_empty() {
+                        self.pending_stdin = Some(data);
+                    }
+                    None
+                }
+                Some(Msg::CloseStdin(_)) => {
+                    self.stdin = None;
+                    None
+                }
+                Some(Msg::Signal(s)) => match signal_from_proto(s.signal) {
+                    Ok(signal) => {
+                        info!(%signal, "client sent a signal");
+                        self.killer.signal(signal);
+                        None
+                    }
+                    Err(message) => Some(Ending::Invalid(message)),
+                },
+                Some(Msg::Start(_)) => Some(Ending::Invalid(
+                    "a second `start` on the same call: one call runs one job (the running job was killed)".into(),
+                )),
+                None => Some(Ending::Invalid("a request with no field set".into())),
+            },
+        }
+    }
+}
+
+/// Waits for room in the stdin channel; `None` once the job has closed its stdin.
+async fn reserve(tx: Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::OwnedPermit<Vec<u8>>> {
+    tx?.reserve_owned().await.ok()
+}
+
+/// Maps the contract's signal enum to a real signal; `UNSPECIFIED` and unknown numbers are invalid.
+pub fn signal_from_proto(value: i32) -> Result<Signal, String> {
+    let signal = pb::Signal::try_from(value).map_err(|_| format!("unknown signal value {value}"))?;
+    Ok(match signal {
+        pb::Signal::Unspecified => return Err("signal is SIGNAL_UNSPECIFIED; name a signal".into()),
+        pb::Signal::Hup => Signal::SIGHUP,
+        pb::Signal::Int => Signal::SIGINT,
+        pb::Signal::Quit => Signal::SIGQUIT,
+        pb::Signal::Kill => Signal::SIGKILL,
+        pb::Signal::Usr1 => Signal::SIGUSR1,
+        pb::Signal::Usr2 => Signal::SIGUSR2,
+        pb::Signal::Term => Signal::SIGTERM,
+    })
+}
+
+fn response(event: Ev) -> pb::ExecuteResponse {
+    pb::ExecuteResponse { event: Some(event) }
+}
+
+/// Sends the call's last item. If the client is gone there is nobody to tell.
+async fn send_last(events: &mpsc::Sender<Event>, event: Event) {
+    let _ = events.send(event).await;
+}
+
+fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
+    // Far enough to never fire, near enough not to overflow the timer.
+    let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    Box::pin(sleep_until(at.unwrap_or(never)))
+}
+
+fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
+
+fn exited_event(
+    exit: &WorkerExit,
+    reason: pb::ExitReason,
+    wall_time: Duration,
+    reaped: Vec<crate::reaper::ReapedOrphan>,
+) -> pb::Exited {
+    pb::Exited {
+        status: Some(match exit.status {
+            ExitStatus::Code(c) => pb::exited::Status::Code(c),
+            ExitStatus::Signal(s) => pb::exited::Status::Signal(s),
+        }),
+        reason: reason as i32,
+        wall_time: proto_duration(wall_time),
+        user_time: proto_duration(exit.user_time),
+        system_time: proto_duration(exit.system_time),
+        max_rss_bytes: exit.max_rss_bytes,
+        reaped: reaped
+            .into_iter()
+            .map(|o| pb::ReapedProcess {
+                pid: u32::try_from(o.pid).unwrap_or(0),
+                name: o.name,
+                status: Some(match o.status {
+                    ExitStatus::Code(c) => pb::reaped_process::Status::Code(c),
+                    ExitStatus::Signal(s) => pb::reaped_process::Status::Signal(s),
+                }),
+            })
+            .collect(),
+    }
+}

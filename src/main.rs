@@ -1,0 +1,185 @@
+//! The `forkpool` binary: parses the command line and calls into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use forkpool::client::{self, CallFailed, DEFAULT_SERVER, RunOptions};
+use forkpool::config::{Config, parse_duration};
+use forkpool::server::{self, Shutdown};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "forkpool",
+    version,
+    about = "A gRPC worker pool: each job in its own process, living as long as its call."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run a job on a server and relay its stdin, stdout and stderr; exits with the job's exit code.
+    Run(RunArgs),
+    /// List the server's job catalog.
+    Jobs {
+        /// Server URL.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Show the server's pool and counters.
+    Status {
+        /// Server URL.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: the config's `listen`, else 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Concurrent jobs [default: number of CPUs].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Calls that may wait for a worker [default: 64].
+    #[arg(long)]
+    queue: Option<usize>,
+    /// TOML config file with the job catalog [default: a built-in demo catalog].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accept raw commands (`StartJob.command`), not only catalog jobs.
+    #[arg(long)]
+    allow_raw_commands: bool,
+    /// How long running jobs may finish after SIGTERM/SIGINT before they are killed.
+    #[arg(long, value_parser = parse_duration, default_value = "25s")]
+    drain_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Catalog job to run; without it, ARGS is a raw command.
+    #[arg(long)]
+    job: Option<String>,
+    /// Kill the job after this long (e.g. 500ms, 2s, 1m).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when the job is killed.
+    #[arg(long, value_parser = parse_duration)]
+    kill_grace: Option<Duration>,
+    /// Environment entry for the job (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The job's extra args, or the raw command.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not K=V"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("forkpool: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map(|()| 0),
+            Command::Run(args) => {
+                let options = RunOptions {
+                    server: args.server,
+                    job: args.job,
+                    timeout: args.timeout,
+                    kill_grace: args.kill_grace,
+                    env: args.env,
+                    args: args.args,
+                };
+                client::run(options).await
+            }
+            Command::Jobs { server } => client::jobs(&server).await.map(|()| 0),
+            Command::Status { server } => client::status(&server).await.map(|()| 0),
+        }
+    });
+    let code = match code {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("forkpool: {e:#}");
+            e.downcast_ref::<CallFailed>().map_or(1, CallFailed::exit_code)
+        }
+    };
+    // Exit without waiting for the runtime's blocking stdin reader.
+    std::process::exit(code)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(workers) = args.workers {
+        config.workers = workers;
+    }
+    if let Some(queue) = args.queue {
+        config.queue = queue;
+    }
+    config.allow_raw_commands |= args.allow_raw_commands;
+    config.validate()?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line to learn the port when listening on port 0.
+    println!("forkpool listening on {addr}");
+
+    let shutdown =
+        Shutdown { drain: CancellationToken::new(), now: CancellationToken::new(), drain_timeout: args.drain_timeout };
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        for round in 0.. {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            if round == 0 {
+                info!(signal = name, "shutdown requested: draining");
+                signals.drain.cancel();
+            } else {
+                info!(signal = name, "second signal: killing every job now");
+                signals.now.cancel();
+            }
+        }
+    });
+    server::run(listener, config, shutdown).await?;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Wiring: the reaper, the spawner, the pool and the gRPC server (the Executor service, health, reflection,
+//! keepalive), and the shutdown sequence.
+//!
+//! Shutdown is a drain: `drain` fires → health says `NOT_SERVING`, new and queued calls get `UNAVAILABLE`,
+//! running jobs may finish for up to `drain_timeout` → then (or when `now` fires) the rest are killed and
+//! report `EXIT_REASON_SHUTDOWN` → every job task has ended, everything is reaped → the server returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::job::Jobs;
+use crate::pb::{self, executor_server::ExecutorServer};
+use crate::pool::Pool;
+use crate::reaper::Registry;
+use crate::service::ExecutorService;
+use crate::spawn::Spawner;
+
+/// The health service name of the Executor.
+pub const SERVICE_NAME: &str = "forkpool.v1.Executor";
+
+/// How long in-flight calls may take to close after all jobs ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Setting up the process (subreaper, signal handling, spawner thread) failed.
+    #[error("cannot set up the server process: {0}")]
+    Setup(#[from] std::io::Error),
+    /// Building reflection failed.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// When and how the server stops.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Start draining.
+    pub drain: CancellationToken,
+    /// Kill every job now (a second signal, or the drain timeout).
+    pub now: CancellationToken,
+    /// How long running jobs may go on once draining.
+    pub drain_timeout: Duration,
+}
+
+/// Runs forkpool on an already-bound listener until `shutdown` completes. Call once per process: it makes
+/// the process a child subreaper and starts the spawner thread.
+pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
+    // SIGCHLD must be watched before the first worker exists, or an early exit could go unnoticed.
+    let sigchld = signal(SignalKind::child())?;
+    let registry = Arc::new(Registry::default());
+    tokio::spawn(Arc::clone(&registry).run(sigchld));
+    let spawner = Spawner::start(Arc::clone(&registry))?;
+
+    let config = Arc::new(config);
+    let pool = Pool::new(config.worker_count(), config.queue);
+    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, shutdown.now.clone()));
+    let tracker = TaskTracker::new();
+    let service = ExecutorService::new(jobs, Arc::clone(&config), tracker.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "listening beyond loopback without TLS or authentication: anyone who can reach it can run jobs");
+    }
+    info!(%addr, workers = pool.workers(), queue = pool.capacity(), raw_commands = config.allow_raw_commands, "serving");
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
+    let stop_transport = CancellationToken::new();
+    let transport = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(ExecutorServer::new(service))
+        .serve_with_incoming_shutdown(incoming, stop_transport.clone().cancelled_owned());
+    let mut transport = tokio::spawn(transport);
+
+    tokio::select! {
+        () = shutdown.drain.cancelled() => {}
+        () = shutdown.now.cancelled() => {}
+        result = &mut transport => return flatten(result),
+    }
+    info!(drain_timeout_ms = shutdown.drain_timeout.as_millis() as u64, "draining");
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    pool.close();
+    tracker.close();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(shutdown.drain_timeout) => {
+            info!("drain timeout: killing the remaining jobs");
+            shutdown.now.cancel();
+        }
+        () = shutdown.now.cancelled() => info!("killing the remaining jobs"),
+    }
+    tracker.wait().await;
+    info!("all jobs ended; closing connections");
+    stop_transport.cancel();
+    match tokio::time::timeout(CLOSE_GRACE, &mut transport).await {
+        Ok(result) => flatten(result),
+        Err(_) => {
+            warn!("some calls did not close in time; stopping anyway");
+            transport.abort();
+            Ok(())
+        }
+    }
+}
+
+fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    match result {
+        Ok(inner) => Ok(inner?),
+        Err(join) => Err(ServerError::Setup(std::io::Error::other(join))),
+    }
+}

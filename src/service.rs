@@ -1,0 +1,193 @@
+//! The tonic service: requests in, events out. This is the only place a `tonic::Status` is built; every
+//! error type of the modules below maps onto a status code here, with its message kept.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{Config, PlanError};
+use crate::job::{Call, Event, JobError, Jobs};
+use crate::pb::{self, execute_request::Msg};
+use crate::pool::AdmissionError;
+use crate::spawn::SpawnError;
+
+/// Events buffered per call between the job and the client. Small: a slow client slows the job instead.
+const EVENTS_PER_CALL: usize = 4;
+
+/// The `forkpool.v1.Executor` service.
+#[derive(Debug)]
+pub struct ExecutorService {
+    jobs: Arc<Jobs>,
+    config: Arc<Config>,
+    tracker: TaskTracker,
+}
+
+impl ExecutorService {
+    /// A service running jobs through `jobs`; job tasks are tracked by `tracker` so shutdown can wait for them.
+    pub fn new(jobs: Arc<Jobs>, config: Arc<Config>, tracker: TaskTracker) -> Self {
+        ExecutorService { jobs, config, tracker }
+    }
+}
+
+/// A call's response stream. Dropping it (the call ended, for whatever reason) fires the job's
+/// cancellation token: this is how a job learns that its client went away.
+struct CallStream {
+    events: ReceiverStream<Event>,
+    _cancel_on_drop: DropGuard,
+}
+
+impl Stream for CallStream {
+    type Item = Result<pb::ExecuteResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.events).poll_next(cx).map(|item| item.map(|event| event.map_err(job_status)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::executor_server::Executor for ExecutorService {
+    type ExecuteStream = Pin<Box<dyn Stream<Item = Result<pb::ExecuteResponse, Status>> + Send>>;
+
+    async fn execute(
+        &self,
+        request: Request<Streaming<pb::ExecuteRequest>>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+        let peer = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty request stream: the first message must be `start`"))?;
+        let start = match first.msg {
+            Some(Msg::Start(start)) => start,
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "the first message must be `start`, got `{}`",
+                    request_kind(&other)
+                )));
+            }
+            None => return Err(Status::invalid_argument("the first message has no field set; it must be `start`")),
+        };
+        let plan = self.config.plan(start).map_err(plan_status)?;
+        let admission = self.jobs.admit().map_err(admission_status)?;
+        let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
+        let cancelled = CancellationToken::new();
+        let call = Call { plan, admission, requests, events, cancelled: cancelled.clone(), deadline, peer };
+        self.tracker.spawn(Arc::clone(&self.jobs).run(call));
+        let stream = CallStream { events: ReceiverStream::new(receiver), _cancel_on_drop: cancelled.drop_guard() };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: self.config.job_infos(),
+            raw_commands_allowed: self.config.allow_raw_commands,
+        }))
+    }
+
+    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let pool = self.jobs.pool();
+        let (running, queued) = pool.occupancy();
+        let stats = self.jobs.stats();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::GetStatusResponse {
+            workers: count(pool.workers()),
+            running: count(running),
+            queued: count(queued),
+            queue_capacity: count(pool.capacity()),
+            started_total: stats.started.load(Ordering::Relaxed),
+            finished_total: stats.finished.load(Ordering::Relaxed),
+            cancelled_total: stats.cancelled.load(Ordering::Relaxed),
+            timed_out_total: stats.timed_out.load(Ordering::Relaxed),
+            rejected_total: stats.rejected.load(Ordering::Relaxed),
+            orphans_reaped_total: self.jobs.registry().orphans_reaped(),
+        }))
+    }
+}
+
+fn request_kind(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Start(_) => "start",
+        Msg::Stdin(_) => "stdin",
+        Msg::CloseStdin(_) => "close_stdin",
+        Msg::Signal(_) => "signal",
+    }
+}
+
+fn plan_status(e: PlanError) -> Status {
+    match e {
+        PlanError::InvalidArgument(m) => Status::invalid_argument(m),
+        PlanError::NotFound(m) => Status::not_found(m),
+        PlanError::PermissionDenied(m) => Status::permission_denied(m),
+    }
+}
+
+fn admission_status(e: AdmissionError) -> Status {
+    match e {
+        AdmissionError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+        AdmissionError::Closed => Status::unavailable(e.to_string()),
+    }
+}
+
+fn job_status(e: JobError) -> Status {
+    let message = e.to_string();
+    match e {
+        JobError::InvalidRequest(_) => Status::invalid_argument(message),
+        JobError::Spawn(SpawnError::Exec { .. }) => Status::failed_precondition(message),
+        JobError::Spawn(SpawnError::InvalidCommand(_)) => Status::invalid_argument(message),
+        JobError::Spawn(SpawnError::Resources(_)) => Status::resource_exhausted(message),
+        JobError::Spawn(SpawnError::SpawnerGone) | JobError::ShuttingDown => Status::unavailable(message),
+        JobError::DeadlineExceeded => Status::deadline_exceeded(message),
+        JobError::Internal(_) => Status::internal(message),
+    }
+}
+
+/// The call's deadline from the `grpc-timeout` header (`<= 8 digits><H|M|S|m|u|n>`). tonic enforces it only
+/// until the response headers; for a streaming call the job enforces it. A malformed value is ignored.
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut m = MetadataMap::new();
+        for (v, d) in
+            [("5S", Duration::from_secs(5)), ("250m", Duration::from_millis(250)), ("1H", Duration::from_secs(3600))]
+        {
+            m.insert("grpc-timeout", v.parse().expect("ascii"));
+            assert_eq!(grpc_timeout(&m), Some(d));
+        }
+        m.insert("grpc-timeout", "12X".parse().expect("ascii"));
+        assert_eq!(grpc_timeout(&m), None);
+    }
+}
