@@ -182,5 +182,11 @@ pub async fn status(server: &str) -> anyhow::Result<()> {
     writeln!(out, "timed out:       {}", s.timed_out_total)?;
     writeln!(out, "rejected:        {}", s.rejected_total)?;
     writeln!(out, "orphans reaped:  {}", s.orphans_reaped_total)?;
+    let mode = match pb::ContainmentMode::try_from(s.containment) {
+        Ok(pb::ContainmentMode::Cgroup) => "cgroup",
+        Ok(pb::ContainmentMode::ProcessGroup) => "process group",
+        _ => "unknown",
+    };
+    writeln!(out, "containment:     {mode} ({})", s.containment_detail)?;
     Ok(())
 }

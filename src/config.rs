@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::limits::Limits;
 use crate::pb;
 
 /// Where the server listens when neither the config nor the command line says otherwise.
@@ -47,9 +48,28 @@ pub struct Config {
     /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// Server-wide default limits; each catalog job may override them.
+    pub limits: Limits,
+    /// `auto`: per-job cgroups when a writable cgroup v2 tree is found, else process groups; `off`:
+    /// process groups only.
+    pub cgroups: CgroupMode,
+    /// The cgroup v2 directory for job cgroups [default: discovered].
+    pub cgroup_root: Option<PathBuf>,
+    /// Where private working directories are made.
+    pub work_root: PathBuf,
     /// The job catalog (`[[job]]` tables).
     #[serde(rename = "job")]
     pub jobs: Vec<CatalogJob>,
+}
+
+/// Whether to use per-job cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Use cgroups when possible.
+    Auto,
+    /// Never use cgroups.
+    Off,
 }
 
 /// One job of the catalog.
@@ -75,6 +95,21 @@ pub struct CatalogJob {
     /// Longest the job may run; also its timeout when the request names none.
     #[serde(default, deserialize_with = "optional_duration")]
     pub max_timeout: Option<Duration>,
+    /// Limits for this job, over the server-wide defaults.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Working directory; without it each run gets a fresh private directory, removed afterwards.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Run as this user (name or uid); the server must run as root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run with this group (name or gid) [default: the user's primary group].
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `(uid, gid)` resolved from `user`/`group` by [`Config::prepare`].
+    #[serde(skip)]
+    pub ids: Option<(u32, u32)>,
 }
 
 impl Default for Config {
@@ -89,6 +124,10 @@ impl Default for Config {
             raw_max_timeout: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            limits: Limits::server_default(),
+            cgroups: CgroupMode::Auto,
+            cgroup_root: None,
+            work_root: std::env::temp_dir().join("forkpool"),
             jobs: builtin_catalog(),
         }
     }
@@ -104,6 +143,11 @@ fn builtin_catalog() -> Vec<CatalogJob> {
         env: BTreeMap::new(),
         allowed_env: Vec::new(),
         max_timeout: Some(Duration::from_secs(max_secs)),
+        limits: Limits::default(),
+        cwd: None,
+        user: None,
+        group: None,
+        ids: None,
     };
     vec![
         job("echo", "Prints its arguments.", "echo", true, 10),
@@ -189,6 +233,43 @@ impl Config {
         Ok(())
     }
 
+    /// Validates, then resolves each job's `user`/`group` to ids. A job with a user needs a root server.
+    pub fn prepare(&mut self) -> Result<(), ConfigError> {
+        self.validate()?;
+        let root = nix::unistd::geteuid().is_root();
+        for job in &mut self.jobs {
+            let Some(user) = &job.user else {
+                if job.group.is_some() {
+                    return Err(ConfigError::Invalid(format!("job `{}` sets `group` without `user`", job.name)));
+                }
+                continue;
+            };
+            if !root {
+                return Err(ConfigError::Invalid(format!("job `{}` sets `user`, which needs a root server", job.name)));
+            }
+            let invalid = |m: String| ConfigError::Invalid(format!("job `{}`: {m}", job.name));
+            let found = match user.parse::<u32>() {
+                Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+                Err(_) => nix::unistd::User::from_name(user),
+            };
+            let user = found.ok().flatten().ok_or_else(|| invalid(format!("unknown user {user:?}")))?;
+            let gid = match &job.group {
+                None => user.gid.as_raw(),
+                Some(group) => match group.parse::<u32>() {
+                    Ok(gid) => gid,
+                    Err(_) => nix::unistd::Group::from_name(group)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| invalid(format!("unknown group {group:?}")))?
+                        .gid
+                        .as_raw(),
+                },
+            };
+            job.ids = Some((user.uid.as_raw(), gid));
+        }
+        Ok(())
+    }
+
     /// Worker slots, with 0 resolved to the number of CPUs.
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 { self.workers } else { std::thread::available_parallelism().map_or(1, usize::from) }
@@ -224,7 +305,7 @@ impl Config {
             check_env_entry(k, v).map_err(InvalidArgument)?;
         }
         let mut env = base_env();
-        let (name, mut argv, max_timeout) = match (start.job.is_empty(), start.command.is_empty()) {
+        let (name, mut argv, max_timeout, limits, cwd, ids) = match (start.job.is_empty(), start.command.is_empty()) {
             (true, true) => {
                 return Err(InvalidArgument(
                     "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
@@ -243,7 +324,7 @@ impl Config {
                     return Err(InvalidArgument("command[0] (the program) is empty".into()));
                 }
                 env.extend(start.env);
-                (format!("raw:{}", start.command[0]), start.command, self.raw_max_timeout)
+                (format!("raw:{}", start.command[0]), start.command, self.raw_max_timeout, self.limits, None, None)
             }
             (false, true) => {
                 let job =
@@ -261,7 +342,8 @@ impl Config {
                 }
                 env.extend(job.env.clone());
                 env.extend(start.env);
-                (job.name.clone(), job.command.clone(), job.max_timeout)
+                let limits = job.limits.or(self.limits);
+                (job.name.clone(), job.command.clone(), job.max_timeout, limits, job.cwd.clone(), job.ids)
             }
         };
         argv.extend(start.args);
@@ -270,7 +352,7 @@ impl Config {
             (t, max) => t.or(max),
         };
         let kill_grace = kill_grace.unwrap_or(self.default_kill_grace).min(self.max_kill_grace);
-        Ok(JobPlan { name, argv, env, timeout, kill_grace })
+        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids })
     }
 }
 
@@ -287,6 +369,12 @@ pub struct JobPlan {
     pub timeout: Option<Duration>,
     /// SIGTERM → SIGKILL grace when the job is killed.
     pub kill_grace: Duration,
+    /// The job's limits (defaults merged in).
+    pub limits: Limits,
+    /// A fixed working directory; `None` = a fresh private one.
+    pub cwd: Option<PathBuf>,
+    /// `(uid, gid)` to run as.
+    pub ids: Option<(u32, u32)>,
 }
 
 /// Why a `StartJob` was refused. Each kind is one gRPC status code.

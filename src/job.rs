@@ -21,21 +21,19 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::config::JobPlan;
+use crate::containment::Containment;
 use crate::kill::GroupKiller;
-use crate::output;
+use crate::output::{self, OutputBudget};
 use crate::pb::{self, execute_request::Msg, execute_response::Event as Ev};
 use crate::pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
 use crate::reaper::{ExitStatus, JobReaps, Registry, WorkerEntry, WorkerExit};
-use crate::spawn::{Command, SpawnError, Spawner};
-
-/// How long to wait, after the worker is reaped, for the rest of its group to die and be reaped.
-const GROUP_GONE_WAIT: Duration = Duration::from_secs(5);
+use crate::spawn::{SpawnError, Spawner};
 
 /// One item of a call's response stream.
 pub type Event = Result<pb::ExecuteResponse, JobError>;
@@ -55,6 +53,9 @@ pub enum JobError {
     /// The server is shutting down and the call had not started.
     #[error("the server is shutting down; the job did not start")]
     ShuttingDown,
+    /// The job's cgroup or working directory could not be made.
+    #[error("cannot prepare the job's containment: {0}")]
+    Containment(String),
     /// The worker's status was lost (a bug).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -85,6 +86,7 @@ pub struct Jobs {
     pool: Arc<Pool>,
     spawner: Spawner,
     registry: Arc<Registry>,
+    containment: Containment,
     stats: Stats,
     shutdown: CancellationToken,
     next_id: AtomicU64,
@@ -117,17 +119,25 @@ enum Ending {
     Deadline,
     TimedOut,
     Shutdown,
+    OutputLimit,
     Invalid(String),
 }
 
 impl Jobs {
     /// Shared state for all jobs. `shutdown` fires when running jobs must be killed (reason `SHUTDOWN`).
-    pub fn new(pool: Arc<Pool>, spawner: Spawner, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        pool: Arc<Pool>,
+        spawner: Spawner,
+        registry: Arc<Registry>,
+        containment: Containment,
+        shutdown: CancellationToken,
+    ) -> Self {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Jobs {
             pool,
             spawner,
             registry,
+            containment,
             stats: Stats::default(),
             shutdown,
             next_id: AtomicU64::new(1),
@@ -148,6 +158,11 @@ impl Jobs {
     /// The reaper's registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The containment mode.
+    pub fn containment(&self) -> &Containment {
+        &self.containment
     }
 
     /// Admits a call to the pool, counting refusals.
@@ -177,17 +192,28 @@ impl Jobs {
                 None => return,
             },
         };
-        let command = match Command::new(&plan.argv, &plan.env) {
+        let container = match self.containment.prepare(&job_id, &plan) {
+            Ok(container) => container,
+            Err(e) => {
+                warn!(error = %e, "cannot prepare the job's containment");
+                return send_last(&events, Err(JobError::Containment(e.to_string()))).await;
+            }
+        };
+        let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
-            Err(e) => return send_last(&events, Err(e.into())).await,
+            Err(e) => {
+                self.containment.release(None, container).await;
+                return send_last(&events, Err(e.into())).await;
+            }
         };
         let reaps = Arc::new(JobReaps::default());
         let (exit_tx, exit_rx) = oneshot::channel();
-        let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps) };
+        let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
         let spawned = match self.spawner.spawn(command, entry).await {
             Ok(spawned) => spawned,
             Err(e) => {
                 warn!(error = %e, "spawn failed");
+                self.containment.release(None, container).await;
                 return send_last(&events, Err(e.into())).await;
             }
         };
@@ -199,18 +225,26 @@ impl Jobs {
         let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
         let _ = events.send(Ok(response(started))).await;
 
+        // The job's pipes, by inode: how escapers are recognised without cgroups.
+        let pipes: Vec<u64> = [&spawned.stdin, &spawned.stdout, &spawned.stderr]
+            .iter()
+            .filter_map(|fd| nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino))
+            .collect();
+        let budget = plan.limits.output.map(|bytes| Arc::new(OutputBudget::new(bytes)));
         let worker_gone = CancellationToken::new();
         let stdout = tokio::spawn(output::pump(
             spawned.stdout,
             events.clone(),
             |b| Ok(response(Ev::Stdout(b))),
             worker_gone.clone(),
+            budget.clone(),
         ));
         let stderr = tokio::spawn(output::pump(
             spawned.stderr,
             events.clone(),
             |b| Ok(response(Ev::Stderr(b))),
             worker_gone.clone(),
+            budget.clone(),
         ));
         let (stdin_tx, stdin_rx) = mpsc::channel(4);
         let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
@@ -226,18 +260,20 @@ impl Jobs {
             ending: None,
         };
         let timeout_at = plan.timeout.map(|t| started_at + t);
-        let (exit, ending) = supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at).await;
+        let over_limit = budget.as_ref().map(|b| &b.exceeded);
+        let (exit, ending) =
+            supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at, over_limit).await;
         let wall_time = started_at.elapsed();
 
-        // The reaper killed the rest of the group when it reaped the worker. Wait until the group is gone
-        // (its orphans reaped and recorded), then let the pumps drain what is left in the pipes.
+        // The reaper killed the rest of the group when it reaped the worker; containment kills what escaped
+        // it and waits until everything is reaped (and recorded). Then the pumps drain what is left.
         worker_gone.cancel();
         stdin.abort();
-        self.wait_group_gone(&killer, &reaps).await;
+        let oom_killed = self.containment.end(pid, &container, &reaps, &pipes).await;
         let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
         let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
-        self.registry.forget_session(pid);
         let reaped = reaps.take();
+        self.containment.release(Some(pid), container).await;
         drop(slot);
         bump(&self.stats.finished);
         debug!(?stdout_end, stdout_bytes, ?stderr_end, stderr_bytes, "output drained");
@@ -246,9 +282,11 @@ impl Jobs {
             return send_last(&events, Err(JobError::Internal("the worker's exit status was lost"))).await;
         };
         let reason = match &ending {
+            None if oom_killed => pb::ExitReason::MemoryLimit,
             None => pb::ExitReason::Exited,
             Some(Ending::TimedOut) => pb::ExitReason::TimedOut,
             Some(Ending::Shutdown) => pb::ExitReason::Shutdown,
+            Some(Ending::OutputLimit) => pb::ExitReason::OutputLimit,
             Some(Ending::Cancelled) | Some(Ending::Deadline) | Some(Ending::Invalid(_)) => pb::ExitReason::Unspecified,
         };
         info!(
@@ -268,7 +306,7 @@ impl Jobs {
                 send_last(&events, Err(JobError::DeadlineExceeded)).await;
             }
             Some(Ending::Invalid(message)) => send_last(&events, Err(JobError::InvalidRequest(message))).await,
-            Some(Ending::TimedOut) | Some(Ending::Shutdown) | None => {
+            Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     bump(&self.stats.timed_out);
                 }
@@ -317,22 +355,6 @@ impl Jobs {
             }
         }
     }
-
-    /// Waits (bounded) until no process is left in the job's group, so that every orphan is reaped and
-    /// recorded before `exited` is built.
-    async fn wait_group_gone(&self, killer: &GroupKiller, reaps: &JobReaps) {
-        let give_up = Instant::now() + GROUP_GONE_WAIT;
-        while killer.group_exists() {
-            if Instant::now() >= give_up {
-                warn!("processes of the job's group are still present {GROUP_GONE_WAIT:?} after the worker exited");
-                return;
-            }
-            tokio::select! {
-                () = reaps.notify.notified() => {}
-                () = sleep(Duration::from_millis(5)) => {}
-            }
-        }
-    }
 }
 
 /// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
@@ -358,7 +380,10 @@ where
         shutdown: &CancellationToken,
         deadline: Option<Instant>,
         timeout_at: Option<Instant>,
+        over_limit: Option<&CancellationToken>,
     ) -> (Option<WorkerExit>, Option<Ending>) {
+        let never = CancellationToken::new();
+        let over_limit = over_limit.unwrap_or(&never);
         tokio::pin!(exit);
         let deadline = sleep_until_or_never(deadline);
         let timeout = sleep_until_or_never(timeout_at);
@@ -378,6 +403,7 @@ where
                 () = shutdown.cancelled(), if self.ending.is_none() => Some(Ending::Shutdown),
                 () = &mut deadline, if self.ending.is_none() => Some(Ending::Deadline),
                 () = &mut timeout, if self.ending.is_none() => Some(Ending::TimedOut),
+                () = over_limit.cancelled(), if self.ending.is_none() => Some(Ending::OutputLimit),
                 permit = reserve(self.stdin.clone()), if self.pending_stdin.is_some() => {
                     match permit {
                         Some(permit) => {

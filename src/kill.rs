@@ -66,10 +66,66 @@ impl GroupKiller {
             info!("sent SIGKILL to the job's group");
         }
     }
+}
 
-    /// Whether any process (a zombie included) is still in the job's group. Signal 0 only checks, so this
-    /// is harmless even after the worker is reaped.
-    pub fn group_exists(&self) -> bool {
-        !matches!(signal_group(self.pgid, None), Err(Errno::ESRCH))
+/// Whether any process (a zombie included) is still in group `pgid`. Signal 0 only checks, so this is
+/// harmless even after the group's leader is reaped.
+pub fn group_exists(pgid: i32) -> bool {
+    !matches!(signal_group(pgid, None), Err(Errno::ESRCH))
+}
+
+/// Without cgroups, processes that left the job's group (`setsid`, double fork) are found here: children
+/// of the server (they are reparented to it, the subreaper, when their parent dies) that are not workers
+/// and belong to the job's session, to a session already attributed to the job, or hold one of the job's
+/// pipes as stdin/stdout/stderr. Each is SIGKILLed (with its group, if it leads one) while it is an
+/// unreaped child, so its pid cannot have been reused. Returns how many of the job's escapers are still
+/// around (signalled now, or dead and not yet reaped).
+pub fn sweep_escapers(registry: &Registry, worker: i32, pipes: &[u64]) -> usize {
+    let mut pending = 0;
+    for pid in server_children() {
+        if registry.is_worker(pid) {
+            continue;
+        }
+        let Some(stat) = crate::reaper::ProcStat::read(pid) else { continue };
+        let ours = stat.session == worker
+            || stat.pgrp == worker
+            || registry.same_job(worker, stat.session)
+            || holds_pipe(pid, pipes);
+        if !ours {
+            continue;
+        }
+        pending += 1;
+        if stat.state == 'Z' {
+            continue;
+        }
+        registry.adopt_session(worker, stat.session);
+        registry.with_unreaped_child(pid, |stat| {
+            info!(pid, name = %stat.comm, "killing a process that escaped the job's group");
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if stat.pgrp == pid {
+                let _ = signal_group(pid, Signal::SIGKILL);
+            }
+        });
     }
+    pending
+}
+
+/// The server's children, from `/proc/self/task/*/children` (an orphan is adopted by one of its threads).
+fn server_children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
+/// Whether `pid`'s stdin, stdout or stderr is one of the pipes (by inode).
+fn holds_pipe(pid: i32, pipes: &[u64]) -> bool {
+    (0..3).any(|fd| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok().and_then(|target| {
+            let inode = target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
+            Some(pipes.contains(&inode))
+        }) == Some(true)
+    })
 }

@@ -35,14 +35,21 @@
 //! | [`job`] | one job's life: wait for a slot, spawn, stream, kill, report |
 //! | [`spawn`] | the spawner thread: clone + exec, the only fork-time unsafe code |
 //! | [`reaper`] | subreaper, SIGCHLD loop, worker registry, orphan records |
-//! | [`kill`] | signalling a job's process group safely |
+//! | [`kill`] | signalling a job's process group safely; hunting escapers without cgroups |
+//! | [`containment`] | a job's cgroup, directory and limits; killing and reaping all that is left |
+//! | [`cgroup`] | per-job cgroups: membership, limits, kill, leftovers of a crash |
+//! | [`limits`] | resource limits and how each is enforced |
+//! | [`workdir`] | private working directories |
 //! | [`output`] | pipes to bounded chunks |
 //! | [`client`] | the `forkpool run`, `jobs` and `status` commands |
 
+pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod containment;
 pub mod job;
 pub mod kill;
+pub mod limits;
 pub mod output;
 pub mod pool;
 pub mod reaper;
@@ -50,6 +57,7 @@ pub mod server;
 pub mod service;
 pub mod spawn;
 mod sys;
+pub mod workdir;
 
 /// Code generated from `proto/forkpool/v1/forkpool.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

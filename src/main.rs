@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use forkpool::client::{self, CallFailed, DEFAULT_SERVER, RunOptions};
-use forkpool::config::{Config, parse_duration};
+use forkpool::config::{CgroupMode, Config, parse_duration};
 use forkpool::server::{self, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Accept raw commands (`StartJob.command`), not only catalog jobs.
     #[arg(long)]
     allow_raw_commands: bool,
+    /// Per-job cgroups: `auto` uses them when a writable cgroup v2 tree exists, `off` never.
+    #[arg(long, value_enum)]
+    cgroups: Option<CgroupMode>,
     /// How long running jobs may finish after SIGTERM/SIGINT before they are killed.
     #[arg(long, value_parser = parse_duration, default_value = "25s")]
     drain_timeout: Duration,
@@ -150,14 +153,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.queue = queue;
     }
     config.allow_raw_commands |= args.allow_raw_commands;
-    config.validate()?;
+    if let Some(mode) = args.cgroups {
+        config.cgroups = mode;
+    }
+    config.prepare()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    // Scripts and tests read this line to learn the port when listening on port 0.
-    println!("forkpool listening on {addr}");
 
     let shutdown =
         Shutdown { drain: CancellationToken::new(), now: CancellationToken::new(), drain_timeout: args.drain_timeout };

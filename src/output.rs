@@ -22,6 +22,35 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// How long a pump waits for more data once the worker is gone.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
+/// The output cap shared by a job's two pumps: total stdout + stderr bytes.
+#[derive(Debug)]
+pub struct OutputBudget {
+    remaining: std::sync::atomic::AtomicU64,
+    /// Fired when the job tried to write more than the cap.
+    pub exceeded: CancellationToken,
+}
+
+impl OutputBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        OutputBudget { remaining: bytes.into(), exceeded: CancellationToken::new() }
+    }
+
+    /// Takes up to `n` bytes from the budget; returns how many may be sent.
+    fn take(&self, n: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let previous = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(n)))
+            .unwrap_or(0);
+        let granted = previous.min(n);
+        if granted < n {
+            self.exceeded.cancel();
+        }
+        granted
+    }
+}
+
 /// Why a pump stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
@@ -33,15 +62,19 @@ pub enum PumpEnd {
     ReceiverGone,
     /// Reading failed.
     Failed,
+    /// The output cap was reached.
+    OverLimit,
 }
 
 /// Copies `fd` into `events`, each chunk wrapped by `wrap`, until EOF, until `worker_gone` fired and the
-/// pipe has been quiet for [`SETTLE`], or until the receiver is dropped. Returns why, and the bytes sent.
+/// pipe has been quiet for [`SETTLE`], until the receiver is dropped, or until `budget` runs out (the
+/// chunk that crosses it is cut at the cap). Returns why, and the bytes sent.
 pub async fn pump<T>(
     fd: OwnedFd,
     events: mpsc::Sender<T>,
     wrap: impl Fn(Vec<u8>) -> T,
     worker_gone: CancellationToken,
+    budget: Option<std::sync::Arc<OutputBudget>>,
 ) -> (PumpEnd, u64) {
     let mut sent = 0u64;
     let Ok(reader) = pipe::Receiver::from_owned_fd(fd) else { return (PumpEnd::Failed, sent) };
@@ -65,12 +98,18 @@ pub async fn pump<T>(
         match reader.try_read_buf(&mut chunk) {
             Ok(0) => return (PumpEnd::Eof, sent),
             Ok(n) => {
-                if n < CHUNK_BYTES / 4 {
+                let allowed = budget.as_ref().map_or(n as u64, |b| b.take(n as u64));
+                chunk.truncate(allowed as usize);
+                if chunk.len() < CHUNK_BYTES / 4 {
                     chunk.shrink_to_fit();
                 }
-                sent += n as u64;
-                if events.send(wrap(chunk)).await.is_err() {
+                sent += allowed;
+                if !chunk.is_empty() && events.send(wrap(chunk)).await.is_err() {
                     return (PumpEnd::ReceiverGone, sent);
+                }
+                if allowed < n as u64 {
+                    // Over the cap: stop reading, so the job blocks until it is killed.
+                    return (PumpEnd::OverLimit, sent);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -68,16 +68,21 @@ impl JobReaps {
 pub struct WorkerEntry {
     /// Receives the worker's exit status.
     pub exit: oneshot::Sender<WorkerExit>,
-    /// Collects the orphans of the worker's session.
+    /// Collects the orphans of the worker's session (and cgroup).
     pub reaps: Arc<JobReaps>,
+    /// The job's cgroup name, when it has one: processes reaped from it are the job's.
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Live (unreaped) workers by pid.
     workers: HashMap<i32, oneshot::Sender<WorkerExit>>,
-    /// Jobs by session id (= worker pid), kept until the job is fully cleaned up.
+    /// Jobs by session id (= worker pid, and sessions of escapers found later), kept until the job is
+    /// fully cleaned up.
     sessions: HashMap<i32, Arc<JobReaps>>,
+    /// Jobs by cgroup name.
+    cgroups: HashMap<String, Arc<JobReaps>>,
 }
 
 /// The worker registry shared by the spawner, the killers and the reaper.
@@ -99,8 +104,42 @@ impl Registry {
         let mut inner = lock(&self.inner);
         let pid = spawn()?;
         inner.workers.insert(pid, entry.exit);
+        if let Some(cgroup) = entry.cgroup {
+            inner.cgroups.insert(cgroup, Arc::clone(&entry.reaps));
+        }
         inner.sessions.insert(pid, entry.reaps);
         Ok(pid)
+    }
+
+    /// Attributes processes of session `session` (an escaper's own session) to the job of `worker`.
+    pub fn adopt_session(&self, worker: i32, session: i32) {
+        let mut inner = lock(&self.inner);
+        if let Some(reaps) = inner.sessions.get(&worker).cloned() {
+            inner.sessions.entry(session).or_insert(reaps);
+        }
+    }
+
+    /// Whether processes of `session` are attributed to the job of `worker`.
+    pub fn same_job(&self, worker: i32, session: i32) -> bool {
+        let inner = lock(&self.inner);
+        match (inner.sessions.get(&worker), inner.sessions.get(&session)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Whether `pid` is a registered, unreaped worker.
+    pub fn is_worker(&self, pid: i32) -> bool {
+        lock(&self.inner).workers.contains_key(&pid)
+    }
+
+    /// Runs `f(stat)` only if `pid` is, at this instant, an unreaped child of this process (the server);
+    /// as only the reaper reaps, and it needs the lock held here, the pid cannot be reaped and reused
+    /// while `f` signals it.
+    pub fn with_unreaped_child<T>(&self, pid: i32, f: impl FnOnce(&ProcStat) -> T) -> Option<T> {
+        let _inner = lock(&self.inner);
+        let stat = ProcStat::read(pid)?;
+        (stat.ppid == std::process::id() as i32).then(|| f(&stat))
     }
 
     /// Runs `f(pid)` only if `pid` is a registered, not yet reaped worker, holding the lock so that the
@@ -110,9 +149,15 @@ impl Registry {
         inner.workers.contains_key(&pid).then(|| f(pid))
     }
 
-    /// Forgets a job's session once the job has finished; later orphans of it count as unattributed.
-    pub fn forget_session(&self, session: i32) {
-        lock(&self.inner).sessions.remove(&session);
+    /// Forgets a job (its sessions and cgroup) once it has finished; later orphans count as unattributed.
+    pub fn forget_job(&self, worker: i32, cgroup: Option<&str>) {
+        let mut inner = lock(&self.inner);
+        if let Some(reaps) = inner.sessions.remove(&worker) {
+            inner.sessions.retain(|_, r| !Arc::ptr_eq(r, &reaps));
+        }
+        if let Some(cgroup) = cgroup {
+            inner.cgroups.remove(cgroup);
+        }
     }
 
     /// Orphans (non-worker processes) reaped since start.
@@ -151,9 +196,10 @@ impl Registry {
                     None => return,
                 },
             };
-            // Read name and session while the zombie still has its /proc entry.
+            // Read name, session and cgroup while the zombie still has its /proc entry.
             let stat = ProcStat::read(pid);
             let is_worker = inner.workers.contains_key(&pid);
+            let cgroup = if is_worker || inner.cgroups.is_empty() { None } else { v2_cgroup_name(pid) };
             if is_worker {
                 // The zombie worker still pins its pid, and so its group id: nothing else can be in that
                 // group, so this kills exactly the job's leftovers (kill grace is over once the worker is).
@@ -183,9 +229,10 @@ impl Registry {
             self.orphans_reaped.fetch_add(1, Ordering::Relaxed);
             let name = stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default();
             let orphan = ReapedOrphan { pid, name, status: reaped.status };
-            let job = stat
-                .as_ref()
-                .and_then(|s| inner.sessions.get(&s.session).or_else(|| inner.sessions.get(&s.pgrp)).cloned());
+            let by_session =
+                stat.as_ref().and_then(|s| inner.sessions.get(&s.session).or_else(|| inner.sessions.get(&s.pgrp)));
+            let by_cgroup = || inner.cgroups.get(cgroup.as_deref()?);
+            let job = by_session.or_else(by_cgroup).cloned();
             drop(inner);
             match job {
                 Some(reaps) => {
@@ -193,10 +240,23 @@ impl Registry {
                     lock(&reaps.reaped).push(orphan);
                     reaps.notify.notify_waiters();
                 }
-                None => info!(pid, name = %orphan.name, status = ?orphan.status, "reaped unattributed orphan"),
+                None => info!(
+                    pid,
+                    name = %orphan.name,
+                    status = ?orphan.status,
+                    ?cgroup,
+                    "reaped unattributed orphan"
+                ),
             }
         }
     }
+}
+
+/// The last component of a process's cgroup v2 path (readable for zombies too).
+fn v2_cgroup_name(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(path.rsplit('/').next()?.to_string())
 }
 
 /// The fields of `/proc/PID/stat` the reaper needs.

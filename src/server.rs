@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::containment::Containment;
 use crate::job::Jobs;
 use crate::pb::{self, executor_server::ExecutorServer};
 use crate::pool::Pool;
@@ -64,10 +65,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
     let registry = Arc::new(Registry::default());
     tokio::spawn(Arc::clone(&registry).run(sigchld));
     let spawner = Spawner::start(Arc::clone(&registry))?;
+    let containment = Containment::start(&config, Arc::clone(&registry)).await?;
 
     let config = Arc::new(config);
     let pool = Pool::new(config.worker_count(), config.queue);
-    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, shutdown.now.clone()));
+    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, containment, shutdown.now.clone()));
     let tracker = TaskTracker::new();
     let service = ExecutorService::new(jobs, Arc::clone(&config), tracker.clone());
 
@@ -85,6 +87,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
         warn!(%addr, "listening beyond loopback without TLS or authentication: anyone who can reach it can run jobs");
     }
     info!(%addr, workers = pool.workers(), queue = pool.capacity(), raw_commands = config.allow_raw_commands, "serving");
+    // Announced once everything is set up; scripts and tests read this line to learn the port (listening
+    // on port 0) and to know the server is ready.
+    println!("forkpool listening on {addr}");
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
     let stop_transport = CancellationToken::new();

@@ -102,6 +102,7 @@ impl pb::executor_server::Executor for ExecutorService {
         let (running, queued) = pool.occupancy();
         let stats = self.jobs.stats();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let (mode, containment_detail) = self.jobs.containment().mode();
         Ok(Response::new(pb::GetStatusResponse {
             workers: count(pool.workers()),
             running: count(running),
@@ -113,6 +114,8 @@ impl pb::executor_server::Executor for ExecutorService {
             timed_out_total: stats.timed_out.load(Ordering::Relaxed),
             rejected_total: stats.rejected.load(Ordering::Relaxed),
             orphans_reaped_total: self.jobs.registry().orphans_reaped(),
+            containment: mode as i32,
+            containment_detail,
         }))
     }
 }
@@ -148,7 +151,9 @@ fn job_status(e: JobError) -> Status {
         JobError::Spawn(SpawnError::Exec { .. }) => Status::failed_precondition(message),
         JobError::Spawn(SpawnError::InvalidCommand(_)) => Status::invalid_argument(message),
         JobError::Spawn(SpawnError::Resources(_)) => Status::resource_exhausted(message),
-        JobError::Spawn(SpawnError::SpawnerGone) | JobError::ShuttingDown => Status::unavailable(message),
+        JobError::Spawn(SpawnError::SpawnerGone) | JobError::ShuttingDown | JobError::Containment(_) => {
+            Status::unavailable(message)
+        }
         JobError::DeadlineExceeded => Status::deadline_exceeded(message),
         JobError::Internal(_) => Status::internal(message),
     }

@@ -44,6 +44,10 @@ pub struct Command {
     program: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    cwd: Option<CString>,
+    cgroup_procs: Vec<CString>,
+    rlimits: Vec<(libc::c_int, u64)>,
+    ids: Option<(u32, u32)>,
 }
 
 impl Command {
@@ -66,8 +70,46 @@ impl Command {
             .iter()
             .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| invalid("the environment")))
             .collect::<Result<_, _>>()?;
-        Ok(Command { display: first.clone(), program, argv, envp })
+        Ok(Command {
+            display: first.clone(),
+            program,
+            argv,
+            envp,
+            cwd: None,
+            cgroup_procs: Vec::new(),
+            rlimits: Vec::new(),
+            ids: None,
+        })
     }
+
+    /// Runs the worker in `dir`.
+    pub fn cwd(mut self, dir: &Path) -> Result<Self, SpawnError> {
+        self.cwd = Some(path_cstring(dir)?);
+        Ok(self)
+    }
+
+    /// Makes the worker join these cgroups (their `cgroup.procs` files) before exec.
+    pub fn join_cgroups(mut self, procs_files: &[PathBuf]) -> Result<Self, SpawnError> {
+        self.cgroup_procs = procs_files.iter().map(|p| path_cstring(p)).collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// Sets these rlimits `(resource, value)` (soft and hard) before exec.
+    pub fn rlimits(mut self, rlimits: Vec<(libc::c_int, u64)>) -> Self {
+        self.rlimits = rlimits;
+        self
+    }
+
+    /// Runs the worker as `(uid, gid)`, with no supplementary groups.
+    pub fn user(mut self, ids: Option<(u32, u32)>) -> Self {
+        self.ids = ids;
+        self
+    }
+}
+
+fn path_cstring(path: &Path) -> Result<CString, SpawnError> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| SpawnError::InvalidCommand(format!("path {} contains a NUL byte", path.display())))
 }
 
 fn resolve_program(program: &str, path: Option<&str>) -> Option<PathBuf> {
@@ -182,14 +224,30 @@ struct ChildPlan {
     program: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
+    cwd: *const c_char,
+    cgroup_procs: *const *const c_char,
+    cgroup_count: usize,
+    rlimits: *const (libc::c_int, u64),
+    rlimit_count: usize,
+    ids: Option<(u32, u32)>,
     stdio: [RawFd; 3],
     report: RawFd,
     server_pid: libc::pid_t,
 }
 
 /// The setup steps in the child, in order; a failure reports its index.
-const STEPS: [&str; 6] =
-    ["setsid", "set the parent-death signal", "check the parent", "set up stdio", "close fds", "exec"];
+const STEPS: [&str; 10] = [
+    "setsid",
+    "set the parent-death signal",
+    "check the parent",
+    "join the job's cgroup",
+    "set resource limits",
+    "change to the working directory",
+    "switch user",
+    "set up stdio",
+    "close fds",
+    "exec",
+];
 
 fn spawn_one(
     registry: &Registry,
@@ -206,10 +264,17 @@ fn spawn_one(
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
     let envp: Vec<*const c_char> = command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect();
+    let cgroup_procs: Vec<*const c_char> = command.cgroup_procs.iter().map(|p| p.as_ptr()).collect();
     let plan = ChildPlan {
         program: command.program.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
+        cwd: command.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        cgroup_procs: cgroup_procs.as_ptr(),
+        cgroup_count: cgroup_procs.len(),
+        rlimits: command.rlimits.as_ptr(),
+        rlimit_count: command.rlimits.len(),
+        ids: command.ids,
         stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
         report: report_w.as_raw_fd(),
         server_pid,
@@ -239,7 +304,7 @@ fn spawn_one(
         Ok(0) => Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r }),
         other => {
             // The child has exited (the reaper collects it); it is not a job any more.
-            registry.forget_session(pid);
+            registry.forget_job(pid, None);
             let (step, errno) = match other {
                 Ok(8) => {
                     let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
@@ -258,8 +323,9 @@ fn spawn_one(
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (sigaction, setsid, prctl, getppid, dup2, fcntl, close_range/close,
-/// sigprocmask, execve, write, _exit) and no memory is allocated or shared state written, except `errno`,
+/// call below is async-signal-safe (rt_sigaction, setsid, prctl, getppid, open, write, close, setrlimit,
+/// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
+/// _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
 unsafe fn child_main(plan: ChildPlan) -> ! {
     // SAFETY (whole body): see the function's contract.
@@ -284,26 +350,57 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             *libc::__errno_location() = libc::ESRCH;
             fail(plan.report, 2);
         }
-        // 4. stdin/stdout/stderr from the pipes. dup2 clears close-on-exec on the copy.
+        // 4. Join the job's cgroup(s) before anything else can be started, so nothing escapes them.
+        for i in 0..plan.cgroup_count {
+            let fd = libc::open(*plan.cgroup_procs.add(i), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(plan.report, 3);
+            }
+            libc::close(fd);
+        }
+        // 5. Resource limits, soft = hard, so the job cannot raise them.
+        for i in 0..plan.rlimit_count {
+            let (resource, value) = *plan.rlimits.add(i);
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            if libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) < 0 {
+                fail(plan.report, 4);
+            }
+        }
+        // 6. Working directory.
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
+            fail(plan.report, 5);
+        }
+        // 7. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
+        //    thread of the (shared-memory) parent.
+        if let Some((uid, gid)) = plan.ids {
+            let groups = [gid];
+            if libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+            {
+                fail(plan.report, 6);
+            }
+        }
+        // 8. stdin/stdout/stderr from the pipes. dup2 clears close-on-exec on the copy.
         for (target, fd) in (0..).zip(plan.stdio) {
             let ok = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, target) >= 0 };
             if !ok {
-                fail(plan.report, 3);
+                fail(plan.report, 7);
             }
         }
-        // 5. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
+        // 9. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
         //    pipe usable until the exec itself closes it.
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
         if marked < 0 && !close_fds_slowly(plan.report) {
-            fail(plan.report, 4);
+            fail(plan.report, 8);
         }
-        // 6. Unblock everything (dispositions are all default now) and exec.
+        // 10. Unblock everything (dispositions are all default now) and exec.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(plan.program, plan.argv, plan.envp);
-        fail(plan.report, 5)
+        fail(plan.report, 9)
     }
 }
 

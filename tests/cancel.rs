@@ -265,7 +265,15 @@ async fn a_cancel_storm_leaves_nothing_behind_and_the_server_serving() {
         "job processes remain: {:?}",
         server.children()
     );
-    let status = get_status(&mut client).await;
+    // Jobs release their slot after their cleanup (cgroup and directory removal): wait for that too.
+    let mut status = get_status(&mut client).await;
+    for _ in 0..500 {
+        if (status.running, status.queued) == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = get_status(&mut client).await;
+    }
     assert_eq!((status.running, status.queued), (0, 0));
     assert_eq!(status.started_total, status.finished_total);
     assert_serving(&mut client).await;

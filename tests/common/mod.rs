@@ -108,11 +108,17 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Every test ends with a check that the server has no zombie child, then kills the server for real.
     fn drop(&mut self) {
+        let zombies_left = !std::thread::panicking()
+            && self.is_running()
+            && !wait_until(Duration::from_secs(5), || self.children().iter().all(|p| p.state != 'Z'));
+        let children = self.children();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        assert!(!zombies_left, "the server left zombie children: {children:?}");
         if std::thread::panicking() {
             let text = self.log_text();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();

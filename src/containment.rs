@@ -1,0 +1,188 @@
+//! A job's containment, from before its worker exists until nothing of it is left.
+//!
+//! [`Containment::prepare`] makes the job's cgroup (cgroup mode) and private working directory, and
+//! [`Containment::command`] turns the plan into a [`Command`] that joins the cgroup, sets the rlimits the
+//! cgroup does not enforce, changes directory and user. When the worker has exited, [`Containment::end`]
+//! kills whatever is left — the whole cgroup, or (fallback mode) the escapers found by
+//! [`kill::sweep_escapers`] — and waits until it is all reaped, so the job's `exited` lists every orphan.
+//! [`Containment::release`] removes the cgroup and the directory.
+//!
+//! Guarantees: in cgroup mode every process the job ever started dies with it, whatever it did (`setsid`,
+//! double fork, stopping itself). In fallback mode the same holds for processes in the job's session or
+//! group, or holding its pipes; a process that left the session *and* closed the job's pipes survives.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use tracing::{info, warn};
+
+use crate::cgroup::{CgroupTree, JobCgroup};
+use crate::config::{CgroupMode, Config, JobPlan};
+use crate::kill;
+use crate::pb;
+use crate::reaper::{JobReaps, Registry};
+use crate::spawn::{Command, SpawnError};
+use crate::workdir::WorkRoot;
+
+/// How long to wait for a job's leftovers to die and be reaped.
+const LEFTOVERS_WAIT: Duration = Duration::from_secs(5);
+
+/// The server's containment mode and places.
+#[derive(Debug)]
+pub struct Containment {
+    cgroups: Option<CgroupTree>,
+    work_root: WorkRoot,
+    registry: Arc<Registry>,
+}
+
+/// One job's cgroup and working directory.
+#[derive(Debug)]
+pub struct JobContainer {
+    cgroup: Option<JobCgroup>,
+    private_dir: Option<PathBuf>,
+    cwd: PathBuf,
+}
+
+impl JobContainer {
+    /// The cgroup name, for the reaper's attribution.
+    pub fn cgroup_name(&self) -> Option<String> {
+        self.cgroup.as_ref().map(|c| c.name().to_string())
+    }
+}
+
+impl Containment {
+    /// Chooses the mode (logging it), cleans what a crashed server left, and prepares the work root.
+    pub async fn start(config: &Config, registry: Arc<Registry>) -> io::Result<Containment> {
+        let cgroups = match config.cgroups {
+            CgroupMode::Off => {
+                info!("containment: process groups (cgroups turned off by configuration)");
+                None
+            }
+            CgroupMode::Auto => match CgroupTree::discover(config.cgroup_root.as_deref()) {
+                Ok(tree) => {
+                    let cleaned = tree.clean_leftovers().await;
+                    info!(detail = %tree.describe(), cleaned_leftovers = cleaned, "containment: per-job cgroups");
+                    Some(tree)
+                }
+                Err(reason) => {
+                    warn!(%reason, "containment: process groups only (no writable cgroup v2); a job that leaves \
+                        its session and closes its pipes can outlive it");
+                    None
+                }
+            },
+        };
+        let work_root = WorkRoot::prepare(&config.work_root)?;
+        Ok(Containment { cgroups, work_root, registry })
+    }
+
+    /// The mode for `GetStatus`.
+    pub fn mode(&self) -> (pb::ContainmentMode, String) {
+        match &self.cgroups {
+            Some(tree) => (pb::ContainmentMode::Cgroup, tree.describe()),
+            None => (pb::ContainmentMode::ProcessGroup, "process groups and subreaper sweeps".into()),
+        }
+    }
+
+    /// Makes the job's cgroup and working directory.
+    pub fn prepare(&self, job_id: &str, plan: &JobPlan) -> io::Result<JobContainer> {
+        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &plan.limits)).transpose()?;
+        let (cwd, private_dir) = match &plan.cwd {
+            Some(cwd) => (cwd.clone(), None),
+            None => match self.work_root.create(job_id, plan.ids) {
+                Ok(dir) => (dir.clone(), Some(dir)),
+                Err(e) => {
+                    if let Some(cgroup) = &cgroup {
+                        let _ = cgroup.remove();
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        Ok(JobContainer { cgroup, private_dir, cwd })
+    }
+
+    /// The command that runs `plan` inside `container`.
+    pub fn command(&self, plan: &JobPlan, container: &JobContainer) -> Result<Command, SpawnError> {
+        let mut env = plan.env.clone();
+        if container.private_dir.is_some() {
+            env.insert("HOME".into(), container.cwd.display().to_string());
+        }
+        let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
+        let procs = container.cgroup.as_ref().map(JobCgroup::procs_files).unwrap_or_default();
+        Ok(Command::new(&plan.argv, &env)?
+            .cwd(&container.cwd)?
+            .join_cgroups(&procs)?
+            .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
+            .user(plan.ids))
+    }
+
+    /// Kills everything left of the job once its worker is gone and waits (bounded) until it is reaped.
+    /// Returns whether the OOM killer killed anything in the job.
+    pub async fn end(&self, worker: i32, container: &JobContainer, reaps: &JobReaps, pipes: &[u64]) -> bool {
+        let give_up = Instant::now() + LEFTOVERS_WAIT;
+        match &container.cgroup {
+            Some(cgroup) => {
+                let members = cgroup.pids();
+                if !cgroup.kill_and_wait(LEFTOVERS_WAIT).await {
+                    warn!(cgroup = cgroup.name(), "the job's cgroup is still populated after SIGKILL");
+                }
+                // Dead now; wait until each is reaped (and so recorded) too.
+                while members.iter().any(|pid| cgroup.holds(*pid)) && Instant::now() < give_up {
+                    wait_for_reaps(reaps).await;
+                }
+            }
+            None => loop {
+                let pending = kill::sweep_escapers(&self.registry, worker, pipes);
+                if pending == 0 && !kill::group_exists(worker) {
+                    break;
+                }
+                if Instant::now() >= give_up {
+                    warn!(pending, "processes of the job are still present {LEFTOVERS_WAIT:?} after its worker exited");
+                    break;
+                }
+                wait_for_reaps(reaps).await;
+            },
+        }
+        while kill::group_exists(worker) && Instant::now() < give_up {
+            wait_for_reaps(reaps).await;
+        }
+        container.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+    }
+
+    /// Removes the job's cgroup and private directory and forgets it in the registry.
+    pub async fn release(&self, worker: Option<i32>, container: JobContainer) {
+        self.registry.forget_job(worker.unwrap_or(0), container.cgroup_name().as_deref());
+        if let Some(cgroup) = container.cgroup {
+            let mut attempts = 0;
+            while let Err(e) = cgroup.remove() {
+                attempts += 1;
+                if attempts == 20 {
+                    warn!(cgroup = cgroup.name(), error = %e, "cannot remove the job's cgroup");
+                    break;
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let Some(dir) = container.private_dir {
+            let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err((dir, e)),
+                _ => Ok(()),
+            })
+            .await;
+            if let Ok(Err((dir, e))) = removed {
+                warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");
+            }
+        }
+    }
+}
+
+/// Waits for the reaper to record an orphan, or 5 ms.
+async fn wait_for_reaps(reaps: &JobReaps) {
+    tokio::select! {
+        () = reaps.notify.notified() => {}
+        () = sleep(Duration::from_millis(5)) => {}
+    }
+}
