@@ -42,7 +42,9 @@
 //! | [`workdir`] | private working directories |
 //! | [`output`] | pipes to bounded chunks |
 //! | [`client`] | the `forkpool run`, `jobs` and `status` commands |
+//! | [`bench`] | `forkpool bench`: figures against the physical floor |
 
+pub mod bench;
 pub mod cgroup;
 pub mod client;
 pub mod config;

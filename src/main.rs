@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use forkpool::client::{self, CallFailed, DEFAULT_SERVER, RunOptions};
 use forkpool::config::{CgroupMode, Config, parse_duration};
+use forkpool::limits::parse_size;
 use forkpool::server::{self, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,15 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SERVER)]
         server: String,
     },
+    /// Measure start latency, throughput, cancel time, stdout rate and memory per call against the floor.
+    Bench {
+        /// A few seconds with small counts (a smoke test; figures only indicative).
+        #[arg(long)]
+        quick: bool,
+        /// Extra argument for the servers the benchmark starts (repeatable), e.g. `--server-arg=--cgroups=off`.
+        #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+        server_args: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +78,9 @@ struct ServeArgs {
     /// How long running jobs may finish after SIGTERM/SIGINT before they are killed.
     #[arg(long, value_parser = parse_duration, default_value = "25s")]
     drain_timeout: Duration,
+    /// Benchmarks only: keep this many bytes of touched memory, to measure spawning from a large server.
+    #[arg(long, hide = true, value_parser = parse_size)]
+    bench_ballast: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,6 +134,9 @@ fn main() -> ExitCode {
             }
             Command::Jobs { server } => client::jobs(&server).await.map(|()| 0),
             Command::Status { server } => client::status(&server).await.map(|()| 0),
+            Command::Bench { quick, server_args } => {
+                forkpool::bench::run(forkpool::bench::BenchOptions { quick, server_args }).await.map(|()| 0)
+            }
         }
     });
     let code = match code {
@@ -182,7 +198,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
+    let ballast = args.bench_ballast.map(forkpool::bench::ballast);
     server::run(listener, config, shutdown).await?;
+    drop(std::hint::black_box(ballast));
     info!("stopped");
     Ok(())
 }
