@@ -94,7 +94,7 @@ impl BenchServer {
     }
 
     async fn client(&self) -> anyhow::Result<ExecutorClient<Channel>> {
-        Ok(ExecutorClient::new(Channel::from_shared(self.url.clone())?.connect().await?))
+        crate::client::connect(&self.url).await
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -238,9 +238,8 @@ async fn throughput(server: &BenchServer, in_flight: usize, jobs: usize) -> anyh
 fn floor_throughput(in_flight: usize, jobs: usize) -> anyhow::Result<f64> {
     let started = Instant::now();
     let per_thread = jobs / in_flight;
-    let threads: Vec<_> = (0..in_flight)
-        .map(|_| std::thread::spawn(move || (0..per_thread).try_for_each(|_| spawn_true())))
-        .collect();
+    let threads: Vec<_> =
+        (0..in_flight).map(|_| std::thread::spawn(move || (0..per_thread).try_for_each(|_| spawn_true()))).collect();
     for t in threads {
         t.join().map_err(|_| anyhow::anyhow!("spawner thread panicked"))??;
     }
@@ -253,9 +252,7 @@ fn session_members(sid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            crate::reaper::ProcStat::read(*pid).is_some_and(|s| s.session == sid || s.pgrp == sid)
-        })
+        .filter(|pid| crate::reaper::ProcStat::read(*pid).is_some_and(|s| s.session == sid || s.pgrp == sid))
         .collect()
 }
 
@@ -383,6 +380,26 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         floor: format!("{} / {}", ms(f50), ms(f99)),
         ratio: format!("{:.2}× / {:.2}×", p50.as_secs_f64() / f50.as_secs_f64(), p99.as_secs_f64() / f99.as_secs_f64()),
         target: "p50 ≤ 1.3× floor".into(),
+    });
+    // What the transport alone costs: a unary round trip over the same loopback connection.
+    let mut rpc = server.client().await?;
+    let mut rpc50 = vec![];
+    for _ in 0..reps {
+        let mut samples = Vec::with_capacity(sizes.latency_runs);
+        for _ in 0..sizes.latency_runs {
+            let t = Instant::now();
+            rpc.get_status(pb::GetStatusRequest {}).await?;
+            samples.push(t.elapsed());
+        }
+        rpc50.push(p50_p99(samples).0);
+    }
+    let rpc50 = median_duration(rpc50);
+    rows.push(Row {
+        figure: "for reference: unary gRPC round trip (GetStatus), p50".into(),
+        forkpool: ms(rpc50),
+        floor: format!("spawn floor + round trip = {}", ms(f50 + rpc50)),
+        ratio: format!("{:.2}× spawn floor", (f50 + rpc50).as_secs_f64() / f50.as_secs_f64()),
+        target: "—".into(),
     });
     eprintln!("  start latency done");
 

@@ -287,11 +287,14 @@ impl JobCgroup {
         &self.name
     }
 
-    /// The `cgroup.procs` files the worker writes itself into before exec.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        std::iter::once(self.v2.join("cgroup.procs"))
-            .chain(self.v1.iter().map(|(_, d)| d.join("cgroup.procs")))
-            .collect()
+    /// The v2 directory: the worker is created in it (`CLONE_INTO_CGROUP`) or writes itself into it.
+    pub fn dir(&self) -> &Path {
+        &self.v2
+    }
+
+    /// The `cgroup.procs` files of the v1 hierarchies, which the worker writes itself into before exec.
+    pub fn v1_procs_files(&self) -> Vec<PathBuf> {
+        self.v1.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
     }
 
     /// Whether `pid` exists (a zombie too) and is in this cgroup.

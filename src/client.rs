@@ -11,6 +11,9 @@ use tonic::transport::Channel;
 
 use crate::pb::{self, execute_request::Msg, execute_response::Event, executor_client::ExecutorClient};
 
+/// HTTP/2 receive window the client advertises per stream (bytes).
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
+
 /// Where the client connects when `--server` is not given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
@@ -25,6 +28,10 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub async fn connect(server: &str) -> anyhow::Result<ExecutorClient<Channel>> {
     let channel = Channel::from_shared(server.to_string())
         .with_context(|| format!("invalid server URL {server:?}"))?
+        // Large receive windows: with HTTP/2's default 64 KiB the server stalls for a round trip every
+        // 64 KiB of a job's output.
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW * 2)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;

@@ -111,10 +111,11 @@ impl Containment {
             env.insert("HOME".into(), container.cwd.display().to_string());
         }
         let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
-        let procs = container.cgroup.as_ref().map(JobCgroup::procs_files).unwrap_or_default();
+        let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
         Ok(Command::new(&plan.argv, &env)?
             .cwd(&container.cwd)?
-            .join_cgroups(&procs)?
+            .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
+            .join_cgroups(&v1_procs)?
             .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids))
     }

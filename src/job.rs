@@ -185,6 +185,7 @@ impl Jobs {
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
         let Call { plan, admission, requests, events, cancelled, deadline, .. } = call;
+        let accepted = Instant::now();
         let slot = match admission {
             Admission::Slot(slot) => slot,
             Admission::Queued(ticket) => match self.wait_in_queue(ticket, &events, &cancelled, deadline).await {
@@ -206,6 +207,7 @@ impl Jobs {
                 return send_last(&events, Err(e.into())).await;
             }
         };
+        let prepared = Instant::now();
         let reaps = Arc::new(JobReaps::default());
         let (exit_tx, exit_rx) = oneshot::channel();
         let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
@@ -218,6 +220,11 @@ impl Jobs {
             }
         };
         let started_at = Instant::now();
+        debug!(
+            prepare_us = (prepared - accepted).as_micros() as u64,
+            spawn_us = (started_at - prepared).as_micros() as u64,
+            "spawned"
+        );
         bump(&self.stats.started);
         let pid = spawned.pid;
         tracing::Span::current().record("pid", pid);
@@ -264,6 +271,7 @@ impl Jobs {
         let (exit, ending) =
             supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at, over_limit).await;
         let wall_time = started_at.elapsed();
+        debug!(run_us = wall_time.as_micros() as u64, "worker reaped");
 
         // The reaper killed the rest of the group when it reaped the worker; containment kills what escaped
         // it and waits until everything is reaped (and recorded). Then the pumps drain what is left.
@@ -273,13 +281,34 @@ impl Jobs {
         let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
         let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
         let reaped = reaps.take();
-        self.containment.release(Some(pid), container).await;
-        drop(slot);
         bump(&self.stats.finished);
-        debug!(?stdout_end, stdout_bytes, ?stderr_end, stderr_bytes, "output drained");
+        debug!(
+            end_us = (started_at.elapsed() - wall_time).as_micros() as u64,
+            ?stdout_end,
+            stdout_bytes,
+            ?stderr_end,
+            stderr_bytes,
+            "ended and drained"
+        );
+        // Everything of the job is dead, reaped and drained: report now, and remove its cgroup and directory
+        // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
+        let report = self.report(&events, exit, ending, oom_killed, wall_time, reaped);
+        tokio::join!(report, self.containment.release(Some(pid), container));
+        drop(slot);
+    }
 
+    /// Sends the call's last item for a job that ran: `exited`, or the error its ending calls for.
+    async fn report(
+        &self,
+        events: &mpsc::Sender<Event>,
+        exit: Option<WorkerExit>,
+        ending: Option<Ending>,
+        oom_killed: bool,
+        wall_time: Duration,
+        reaped: Vec<crate::reaper::ReapedOrphan>,
+    ) {
         let Some(exit) = exit else {
-            return send_last(&events, Err(JobError::Internal("the worker's exit status was lost"))).await;
+            return send_last(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
         };
         let reason = match &ending {
             None if oom_killed => pb::ExitReason::MemoryLimit,
@@ -303,15 +332,15 @@ impl Jobs {
             Some(Ending::Cancelled) => bump(&self.stats.cancelled),
             Some(Ending::Deadline) => {
                 bump(&self.stats.cancelled);
-                send_last(&events, Err(JobError::DeadlineExceeded)).await;
+                send_last(events, Err(JobError::DeadlineExceeded)).await;
             }
-            Some(Ending::Invalid(message)) => send_last(&events, Err(JobError::InvalidRequest(message))).await,
+            Some(Ending::Invalid(message)) => send_last(events, Err(JobError::InvalidRequest(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     bump(&self.stats.timed_out);
                 }
                 let exited = exited_event(&exit, reason, wall_time, reaped);
-                send_last(&events, Ok(response(Ev::Exited(exited)))).await;
+                send_last(events, Ok(response(Ev::Exited(exited)))).await;
             }
         }
     }

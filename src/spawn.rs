@@ -45,6 +45,7 @@ pub struct Command {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: Option<CString>,
+    cgroup_dir: Option<CString>,
     cgroup_procs: Vec<CString>,
     rlimits: Vec<(libc::c_int, u64)>,
     ids: Option<(u32, u32)>,
@@ -76,6 +77,7 @@ impl Command {
             argv,
             envp,
             cwd: None,
+            cgroup_dir: None,
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
             ids: None,
@@ -88,9 +90,22 @@ impl Command {
         Ok(self)
     }
 
-    /// Makes the worker join these cgroups (their `cgroup.procs` files) before exec.
+    /// Creates the worker directly in the cgroup v2 directory `dir` (`clone3` with `CLONE_INTO_CGROUP`),
+    /// or, where that is not supported, makes it write itself into `dir/cgroup.procs` before exec.
+    pub fn cgroup(mut self, dir: Option<&Path>) -> Result<Self, SpawnError> {
+        self.cgroup_dir = dir.map(path_cstring).transpose()?;
+        if let Some(dir) = dir {
+            self.cgroup_procs.insert(0, path_cstring(&dir.join("cgroup.procs"))?);
+        }
+        Ok(self)
+    }
+
+    /// Makes the worker join these extra cgroups (their `cgroup.procs` files, e.g. v1 hierarchies) before
+    /// exec.
     pub fn join_cgroups(mut self, procs_files: &[PathBuf]) -> Result<Self, SpawnError> {
-        self.cgroup_procs = procs_files.iter().map(|p| path_cstring(p)).collect::<Result<_, _>>()?;
+        for file in procs_files {
+            self.cgroup_procs.push(path_cstring(file)?);
+        }
         Ok(self)
     }
 
@@ -220,6 +235,7 @@ fn park_forever() -> ! {
 /// Everything the child needs, as raw pointers into memory the spawner thread keeps alive (and does not
 /// touch) until the child has exec'd or exited.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct ChildPlan {
     program: *const c_char,
     argv: *const *const c_char,
@@ -227,6 +243,9 @@ struct ChildPlan {
     cwd: *const c_char,
     cgroup_procs: *const *const c_char,
     cgroup_count: usize,
+    /// Index of the first procs file the child must write (1 when `clone3` already placed it in the v2
+    /// cgroup, which is the first).
+    cgroup_first: usize,
     rlimits: *const (libc::c_int, u64),
     rlimit_count: usize,
     ids: Option<(u32, u32)>,
@@ -272,6 +291,7 @@ fn spawn_one(
         cwd: command.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         cgroup_procs: cgroup_procs.as_ptr(),
         cgroup_count: cgroup_procs.len(),
+        cgroup_first: 0,
         rlimits: command.rlimits.as_ptr(),
         rlimit_count: command.rlimits.len(),
         ids: command.ids,
@@ -279,7 +299,27 @@ fn spawn_one(
         report: report_w.as_raw_fd(),
         server_pid,
     };
+    // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
+    let cgroup_dir = match &command.cgroup_dir {
+        Some(dir) => Some(
+            nix::fcntl::open(
+                dir.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(SpawnError::Resources)?,
+        ),
+        None => None,
+    };
     let pid = registry.spawn_registered(entry, || {
+        if let Some(dir) = &cgroup_dir {
+            let mut plan = plan;
+            plan.cgroup_first = 1;
+            match clone_into_cgroup(&plan, stack, dir.as_raw_fd()) {
+                Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP) => {}
+                other => return other.map_err(SpawnError::Resources),
+            }
+        }
         // SAFETY: `child_main` runs in the child, which shares our memory (CLONE_VM) while this thread is
         // suspended (CLONE_VFORK) until it execs or exits; everything `plan` points to lives in this frame,
         // which outlives the clone. All signals are blocked in this thread, so the child starts with every
@@ -291,6 +331,7 @@ fn spawn_one(
             .map(|pid| pid.as_raw())
             .map_err(SpawnError::Resources)
     })?;
+    drop(cgroup_dir);
     // Our copies of the child's ends must close, or EOF would never come.
     drop((stdin_r, stdout_w, stderr_w, report_w));
     let mut report = [0u8; 8];
@@ -317,6 +358,82 @@ fn spawn_one(
             Err(SpawnError::Exec { program: command.display.clone(), step, errno })
         }
     }
+}
+
+/// The kernel's `struct clone_args` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Creates the child with `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: born inside its cgroup, so
+/// no migration (which waits for an RCU grace period, about 1 ms) is needed. Returns the child's pid, or the
+/// error (`ENOSYS` etc. where clone3 or the flag is not supported: the caller falls back to `clone`).
+#[cfg(target_arch = "x86_64")]
+fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd) -> Result<i32, Errno> {
+    /// Runs on the child's own stack; never returns.
+    extern "C" fn entry(plan: *const ChildPlan) -> ! {
+        // SAFETY: `plan` points into the suspended parent's frame (CLONE_VFORK); see `child_main`.
+        unsafe { child_main(*plan) }
+    }
+    // The kernel starts the child with its stack pointer at stack + stack_size: keep that 16-byte aligned.
+    let base = stack.as_mut_ptr() as usize;
+    let aligned = (base + 15) & !15;
+    let size = (stack.len() - (aligned - base)) & !15;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: aligned as u64,
+        stack_size: size as u64,
+        cgroup: cgroup_fd as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) like any syscall; the
+    // child starts at the next instruction with rax = 0 on the new stack and, sharing our registers, finds
+    // `plan` in r12 and `entry` in r13, clears the frame pointer and calls `entry`, which never returns.
+    // The parent is suspended until the child execs or exits (CLONE_VFORK), so `plan`, `args` and the stack
+    // stay valid and untouched for the child's whole life before exec. rcx and r11 are clobbered by
+    // `syscall`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &mut args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") plan as *const ChildPlan,
+            in("r13") entry as extern "C" fn(*const ChildPlan) -> !,
+            out("rcx") _,
+            out("r11") _,
+        );
+    }
+    if ret < 0 { Err(Errno::from_raw(-ret as i32)) } else { Ok(ret as i32) }
+}
+
+/// Elsewhere, `clone3` is not used: the child writes itself into its cgroup.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone_into_cgroup(_: &ChildPlan, _: &mut [u8], _: RawFd) -> Result<i32, Errno> {
+    Err(Errno::ENOSYS)
 }
 
 /// The child, between clone and exec.
@@ -351,7 +468,7 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             fail(plan.report, 2);
         }
         // 4. Join the job's cgroup(s) before anything else can be started, so nothing escapes them.
-        for i in 0..plan.cgroup_count {
+        for i in plan.cgroup_first..plan.cgroup_count {
             let fd = libc::open(*plan.cgroup_procs.add(i), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 fail(plan.report, 3);

@@ -38,7 +38,7 @@ async fn cancelling_the_call_kills_the_whole_tree() {
     assert_all_gone(&tree, Duration::from_secs(5));
     eprintln!("cancel to all-gone: {:?}", cancelled_at.elapsed());
     server.assert_no_children();
-    let status = get_status(&mut client).await;
+    let status = settled_status(&mut client).await;
     assert_eq!((status.cancelled_total, status.running, status.finished_total), (1, 0, 1));
     assert_serving(&mut client).await;
 }
@@ -265,15 +265,7 @@ async fn a_cancel_storm_leaves_nothing_behind_and_the_server_serving() {
         "job processes remain: {:?}",
         server.children()
     );
-    // Jobs release their slot after their cleanup (cgroup and directory removal): wait for that too.
-    let mut status = get_status(&mut client).await;
-    for _ in 0..500 {
-        if (status.running, status.queued) == (0, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        status = get_status(&mut client).await;
-    }
+    let status = settled_status(&mut client).await;
     assert_eq!((status.running, status.queued), (0, 0));
     assert_eq!(status.started_total, status.finished_total);
     assert_serving(&mut client).await;

@@ -207,7 +207,10 @@ async fn the_job_sees_only_its_own_environment_and_a_private_directory() {
         assert_eq!(keys, ["CHOSEN", "FIXED", "HOME", "LANG", "PATH"], "{mode:?}: {text}");
         assert!(text.contains(&format!("HOME={}", cwd.display())), "{mode:?}: HOME is the private directory");
         assert!(cwd.starts_with(&work_root), "{mode:?}: {cwd:?} not under {work_root:?}");
-        assert!(!cwd.exists(), "{mode:?}: the private directory outlived the job");
+        assert!(
+            wait_until(Duration::from_secs(5), || !cwd.exists()),
+            "{mode:?}: the private directory outlived the job"
+        );
         assert_eq!(uid, "0");
     }
 }

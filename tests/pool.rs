@@ -36,7 +36,7 @@ async fn queue_positions_move_and_a_full_queue_is_resource_exhausted() {
     let out = second.finish().await;
     assert_eq!(out.stdout_text(), "second\n");
     assert!(wait_until_async(Duration::from_secs(5), || server.children().is_empty()).await);
-    let status = get_status(&mut client).await;
+    let status = settled_status(&mut client).await;
     assert_eq!((status.running, status.queued, status.cancelled_total), (0, 0, 2));
 }
 
@@ -67,7 +67,7 @@ async fn two_thousand_fast_jobs_each_get_their_own_exit_code() {
     }
     assert_eq!(checked, jobs);
     let mut client = server.client().await;
-    let status = get_status(&mut client).await;
+    let status = settled_status(&mut client).await;
     assert_eq!((status.started_total, status.finished_total), (jobs as u64, jobs as u64));
     assert_eq!(status.orphans_reaped_total, 0, "no worker may be mistaken for an orphan");
     server.assert_no_zombies();

@@ -397,6 +397,19 @@ pub async fn get_status(client: &mut ExecutorClient<Channel>) -> pb::GetStatusRe
     client.get_status(pb::GetStatusRequest {}).await.expect("GetStatus").into_inner()
 }
 
+/// `GetStatus` once nothing runs or waits any more (a job frees its slot after removing its cgroup and
+/// directory, just after its call ended); polls for up to 5 s, then returns what it sees.
+pub async fn settled_status(client: &mut ExecutorClient<Channel>) -> pb::GetStatusResponse {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get_status(client).await;
+        if (status.running == 0 && status.queued == 0) || Instant::now() >= deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A call that proves the server still serves: echo through the catalog.
 pub async fn assert_serving(client: &mut ExecutorClient<Channel>) {
     let out = run(client, job("echo", &["still", "serving"])).await;
