@@ -97,6 +97,14 @@ impl BenchServer {
         crate::client::connect(&self.url).await
     }
 
+    /// The server's CPU time so far (user + system).
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+
     fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
@@ -354,6 +362,15 @@ async fn rss_with_open_calls(server: &BenchServer, n: usize) -> anyhow::Result<u
     Ok(rss)
 }
 
+/// This process's CPU time so far (user + system, threads included).
+fn own_cpu_time() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    usage.map_or(Duration::ZERO, |u| {
+        let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+        tv(u.user_time()) + tv(u.system_time())
+    })
+}
+
 /// Runs the whole benchmark and prints the table (Markdown).
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let sizes = Sizes::new(options.quick);
@@ -406,15 +423,22 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     for in_flight in [8, 64] {
         let mut ours = vec![];
         let mut floor = vec![];
+        let (server_cpu, client_cpu) = (server.cpu_time(), own_cpu_time());
         for _ in 0..reps {
             ours.push(throughput(&server, in_flight, sizes.throughput_jobs).await?);
+        }
+        let jobs = (reps * sizes.throughput_jobs) as f64;
+        let server_us = (server.cpu_time() - server_cpu).as_secs_f64() * 1e6 / jobs;
+        let client_us = (own_cpu_time() - client_cpu).as_secs_f64() * 1e6 / jobs;
+        for _ in 0..reps {
             floor.push(floor_throughput(in_flight, sizes.throughput_jobs)?);
         }
         let (ours, floor) = (median_f64(ours), median_f64(floor));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         rows.push(Row {
             figure: format!("throughput, {in_flight} in flight"),
-            forkpool: format!("{ours:.0} jobs/s"),
-            floor: format!("{floor:.0} spawns/s"),
+            forkpool: format!("{ours:.0} jobs/s (CPU per job: server {server_us:.0} µs, client {client_us:.0} µs)"),
+            floor: format!("{floor:.0} spawns/s ({:.0} µs of {cores} CPUs per spawn)", cores * 1e6 / floor),
             ratio: format!("{:.0} %", ours / floor * 100.0),
             target: "≥ 85 % of floor".into(),
         });

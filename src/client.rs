@@ -32,6 +32,8 @@ pub async fn connect(server: &str) -> anyhow::Result<ExecutorClient<Channel>> {
         // 64 KiB of a job's output.
         .initial_stream_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW * 2)
+        // Lets a whole 64 KiB output chunk travel in one DATA frame.
+        .max_frame_size(256 * 1024)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;

@@ -34,6 +34,9 @@ use tracing::error;
 use crate::kill;
 use crate::reaper::{Registry, WorkerEntry};
 
+/// Capacity asked for the stdout and stderr pipes.
+const OUTPUT_PIPE_BYTES: libc::c_int = 1 << 20;
+
 /// Stack for the child between clone and exec. It runs a handful of small frames.
 const CHILD_STACK_BYTES: usize = 64 * 1024;
 
@@ -279,6 +282,11 @@ fn spawn_one(
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
+    for output in [&stdout_r, &stderr_r] {
+        // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
+        // when filled). Best effort: the system limit may be lower.
+        let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
+    }
     let (report_r, report_w) = pipe()?;
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();

@@ -272,3 +272,63 @@ async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
         drop(call);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rlimits_cpu_share_and_a_fixed_cwd_are_applied() {
+    let catalog = "[[job]]\nname = \"limits\"\ncommand = [\"sh\", \"-c\", \"ulimit -t; ulimit -n; ulimit -f; pwd; echo ready; sleep 100\"]\ncwd = \"/usr\"\nlimits = { cpu_time = \"7s\", open_files = 77, file_size = \"1MiB\", cpu = 0.5 }\n";
+    for mode in MODES {
+        let Some((server, _)) = start(mode, catalog, "rlimits").await else { continue };
+        let mut client = server.client().await;
+        let mut call = OpenCall::open(&mut client, job("limits", &[])).await.expect("open");
+        let pid = call.started().await;
+        call.wait_stdout("ready").await;
+        // dash reports the file size in 512-byte blocks.
+        assert_eq!(call.outcome.stdout_text(), "7\n77\n2048\n/usr\nready\n", "{mode:?}");
+        if mode == Mode::Cgroup {
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+            let quota = cgroups.lines().find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (controllers, path) = rest.split_once(':')?;
+                if controllers == "cpu" || controllers.split(',').any(|c| c == "cpu") {
+                    std::fs::read_to_string(format!("/sys/fs/cgroup/{controllers}{path}/cpu.cfs_quota_us")).ok()
+                } else if controllers.is_empty() {
+                    std::fs::read_to_string(format!("/sys/fs/cgroup/unified{path}/cpu.max"))
+                        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")))
+                        .ok()
+                        .filter(|max| !max.starts_with("max"))
+                } else {
+                    None
+                }
+            });
+            let quota = quota.expect("a cpu quota in the job's cgroup");
+            assert!(quota.trim().starts_with("50000"), "half a CPU per 100 ms period: {quota}");
+        }
+        drop(call);
+        server.assert_no_children();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_stops_its_group_still_dies_on_cancel() {
+    for mode in MODES {
+        let Some((server, _)) = start(mode, "", "stopped").await else { continue };
+        let mut client = server.client().await;
+        let mut start = sh("setsid sleep 1000 & sleep 1000 & sleep 0.3; echo ready; kill -STOP 0");
+        start.kill_grace = duration(Duration::from_secs(30));
+        let mut call = OpenCall::open(&mut client, start).await.expect("open");
+        let pid = call.started().await;
+        call.wait_stdout("ready").await;
+        let mut members = Vec::new();
+        let stopped = wait_until(Duration::from_secs(5), || {
+            members = session_members(pid);
+            members.len() == 2 && members.iter().all(|p| p.state == 'T')
+        });
+        assert!(stopped, "{mode:?}: {members:?}");
+        let began = std::time::Instant::now();
+        drop(call);
+        // SIGCONT follows SIGTERM, so the stopped group ends well before the 30 s grace.
+        assert_all_gone(&members, Duration::from_secs(10));
+        assert!(began.elapsed() < Duration::from_secs(10), "{mode:?}: took {:?}", began.elapsed());
+        server.assert_no_children();
+    }
+}
