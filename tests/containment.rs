@@ -140,8 +140,13 @@ async fn a_fork_bomb_is_held_by_the_process_limit_and_the_server_stays_healthy()
         let out = call.finish().await;
         eprintln!("{mode:?}: fork bomb peak {peak} processes with a limit of 40");
         assert!(peak <= 45, "{mode:?}: the bomb reached {peak} processes");
-        assert!(peak >= 20, "{mode:?}: the bomb did not run ({peak})");
-        assert_eq!(out.reason(), Some(pb::ExitReason::TimedOut), "{mode:?}: {out:?}");
+        // The limit was really reached: the shell reports forks the kernel refused.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("fork"), "{mode:?}: no refused fork, so the limit was never tested: {stderr}");
+        // Either the timeout ended it, or its top-level shell gave up when its own fork was refused.
+        let timed_out = out.reason() == Some(pb::ExitReason::TimedOut);
+        let gave_up = out.reason() == Some(pb::ExitReason::Exited) && out.code() == Some(2);
+        assert!(timed_out || gave_up, "{mode:?}: {:?}", out.exited);
         server.assert_no_children();
         assert!(wait_until(Duration::from_secs(5), || !all_processes()
             .iter()
