@@ -42,7 +42,7 @@
 //! | [`workdir`] | private working directories |
 //! | [`output`] | pipes to bounded chunks |
 //! | [`client`] | the `forkpool run`, `jobs` and `status` commands |
-//! | [`bench`] | `forkpool bench`: figures against the physical floor |
+//! | [`mod@bench`] | `forkpool bench`: figures against the physical floor |
 
 pub mod bench;
 pub mod cgroup;

@@ -78,9 +78,21 @@ struct ServeArgs {
     /// How long running jobs may finish after SIGTERM/SIGINT before they are killed.
     #[arg(long, value_parser = parse_duration, default_value = "25s")]
     drain_timeout: Duration,
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `debug`, `forkpool=debug,info`); `RUST_LOG` overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
     /// Benchmarks only: keep this many bytes of touched memory, to measure spawning from a large server.
     #[arg(long, hide = true, value_parser = parse_size)]
     bench_ballast: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -151,10 +163,16 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => tracing_subscriber::EnvFilter::try_new(filter),
+        _ => tracing_subscriber::EnvFilter::try_new(&args.log_level),
+    }
+    .context("invalid log level or filter")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
