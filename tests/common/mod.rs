@@ -29,19 +29,20 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `forkpool serve --listen 127.0.0.1:0 ARGS...` and waits for its "listening" line.
     pub fn start(args: &[&str]) -> TestServer {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).env("RUST_LOG", "forkpool=debug,info");
+        Self::start_command(command)
+    }
+
+    /// Starts the server with `command` (which must run `forkpool serve --listen 127.0.0.1:0 ...`, possibly
+    /// through a wrapper); `pid` is then the wrapper's pid until [`TestServer::use_pid`] says otherwise.
+    pub fn start_command(mut command: Command) -> TestServer {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("server-{}-{n}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create log file");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "forkpool=debug,info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("start forkpool serve");
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file).spawn().expect("start forkpool serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
@@ -55,6 +56,11 @@ impl TestServer {
         std::thread::spawn(move || for _ in lines {});
         let pid = child.id() as i32;
         TestServer { child: Some(child), pid, url, log }
+    }
+
+    /// The server process is `pid` (e.g. the child of a wrapper such as `unshare`).
+    pub fn use_pid(&mut self, pid: i32) {
+        self.pid = pid;
     }
 
     pub async fn client(&self) -> ExecutorClient<Channel> {
