@@ -48,6 +48,8 @@ pub struct Config {
     /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`); none = not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Server-wide default limits; each catalog job may override them.
     pub limits: Limits,
     /// `auto`: per-job cgroups when a writable cgroup v2 tree is found, else process groups; `off`:
@@ -124,6 +126,7 @@ impl Default for Config {
             raw_max_timeout: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            metrics_listen: None,
             limits: Limits::server_default(),
             cgroups: CgroupMode::Auto,
             cgroup_root: None,

@@ -36,6 +36,7 @@ pub struct Containment {
     cgroups: Option<CgroupTree>,
     work_root: WorkRoot,
     registry: Arc<Registry>,
+    populated_after_end: prometheus_client::metrics::counter::Counter,
 }
 
 /// One job's cgroup and working directory.
@@ -55,7 +56,12 @@ impl JobContainer {
 
 impl Containment {
     /// Chooses the mode (logging it), cleans what a crashed server left, and prepares the work root.
-    pub async fn start(config: &Config, registry: Arc<Registry>) -> io::Result<Containment> {
+    /// `populated_after_end` counts job cgroups that could not be emptied.
+    pub async fn start(
+        config: &Config,
+        registry: Arc<Registry>,
+        populated_after_end: prometheus_client::metrics::counter::Counter,
+    ) -> io::Result<Containment> {
         let cgroups = match config.cgroups {
             CgroupMode::Off => {
                 info!("containment: process groups (cgroups turned off by configuration)");
@@ -75,7 +81,7 @@ impl Containment {
             },
         };
         let work_root = WorkRoot::prepare(&config.work_root)?;
-        Ok(Containment { cgroups, work_root, registry })
+        Ok(Containment { cgroups, work_root, registry, populated_after_end })
     }
 
     /// The mode for `GetStatus`.
@@ -128,6 +134,7 @@ impl Containment {
             Some(cgroup) => {
                 let members = cgroup.pids();
                 if !cgroup.kill_and_wait(LEFTOVERS_WAIT).await {
+                    self.populated_after_end.inc();
                     warn!(cgroup = cgroup.name(), "the job's cgroup is still populated after SIGKILL");
                 }
                 // Dead now; wait until each is reaped (and so recorded) too.

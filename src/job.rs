@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::Metrics;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -61,25 +63,6 @@ pub enum JobError {
     Internal(&'static str),
 }
 
-/// Lifetime counters, as `GetStatus` reports them.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Jobs whose worker was spawned.
-    pub started: AtomicU64,
-    /// Started jobs that have ended, for any reason.
-    pub finished: AtomicU64,
-    /// Calls (queued or running) ended by the client: cancel, disconnect, deadline.
-    pub cancelled: AtomicU64,
-    /// Jobs killed by their timeout.
-    pub timed_out: AtomicU64,
-    /// Calls refused admission.
-    pub rejected: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 /// Everything jobs share: the pool, the spawner, the reaper's registry, counters and the shutdown signal.
 #[derive(Debug)]
 pub struct Jobs {
@@ -87,7 +70,7 @@ pub struct Jobs {
     spawner: Spawner,
     registry: Arc<Registry>,
     containment: Containment,
-    stats: Stats,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     next_id: AtomicU64,
     id_prefix: String,
@@ -130,6 +113,7 @@ impl Jobs {
         spawner: Spawner,
         registry: Arc<Registry>,
         containment: Containment,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -138,7 +122,7 @@ impl Jobs {
             spawner,
             registry,
             containment,
-            stats: Stats::default(),
+            metrics,
             shutdown,
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", started & 0xff_ffff),
@@ -150,9 +134,9 @@ impl Jobs {
         &self.pool
     }
 
-    /// The counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The metrics (and `GetStatus` counters).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The reaper's registry.
@@ -167,7 +151,12 @@ impl Jobs {
 
     /// Admits a call to the pool, counting refusals.
     pub fn admit(&self) -> Result<Admission, AdmissionError> {
-        self.pool.admit().inspect_err(|_| bump(&self.stats.rejected))
+        self.pool.admit().inspect_err(|e| {
+            self.metrics.rejected(match e {
+                AdmissionError::QueueFull { .. } => "queue_full",
+                AdmissionError::Closed => "draining",
+            })
+        })
     }
 
     /// Runs one call to its end. Spawned as its own task by the service.
@@ -193,6 +182,7 @@ impl Jobs {
                 None => return,
             },
         };
+        let slotted = Instant::now();
         let container = match self.containment.prepare(&job_id, &plan) {
             Ok(container) => container,
             Err(e) => {
@@ -220,12 +210,13 @@ impl Jobs {
             }
         };
         let started_at = Instant::now();
+        Metrics::observe(&self.metrics.spawn_seconds, started_at - slotted);
         debug!(
             prepare_us = (prepared - accepted).as_micros() as u64,
             spawn_us = (started_at - prepared).as_micros() as u64,
             "spawned"
         );
-        bump(&self.stats.started);
+        self.metrics.started.inc();
         let pid = spawned.pid;
         tracing::Span::current().record("pid", pid);
         info!(argv = ?plan.argv, "started");
@@ -268,7 +259,7 @@ impl Jobs {
         };
         let timeout_at = plan.timeout.map(|t| started_at + t);
         let over_limit = budget.as_ref().map(|b| &b.exceeded);
-        let (exit, ending) =
+        let (exit, ending, ending_at) =
             supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at, over_limit).await;
         let wall_time = started_at.elapsed();
         debug!(run_us = wall_time.as_micros() as u64, "worker reaped");
@@ -278,10 +269,13 @@ impl Jobs {
         worker_gone.cancel();
         stdin.abort();
         let oom_killed = self.containment.end(pid, &container, &reaps, &pipes).await;
+        if let Some(at) = ending_at {
+            Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
+        }
         let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
         let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
         let reaped = reaps.take();
-        bump(&self.stats.finished);
+        self.metrics.finished(finish_reason(ending.as_ref(), oom_killed));
         debug!(
             end_us = (started_at.elapsed() - wall_time).as_micros() as u64,
             ?stdout_end,
@@ -329,15 +323,17 @@ impl Jobs {
             "exited"
         );
         match ending {
-            Some(Ending::Cancelled) => bump(&self.stats.cancelled),
+            Some(Ending::Cancelled) => {
+                self.metrics.cancelled.inc();
+            }
             Some(Ending::Deadline) => {
-                bump(&self.stats.cancelled);
+                self.metrics.cancelled.inc();
                 send_last(events, Err(JobError::DeadlineExceeded)).await;
             }
             Some(Ending::Invalid(message)) => send_last(events, Err(JobError::InvalidRequest(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
-                    bump(&self.stats.timed_out);
+                    self.metrics.timed_out.inc();
                 }
                 let exited = exited_event(&exit, reason, wall_time, reaped);
                 send_last(events, Ok(response(Ev::Exited(exited)))).await;
@@ -360,12 +356,12 @@ impl Jobs {
             tokio::select! {
                 biased;
                 () = cancelled.cancelled() => {
-                    bump(&self.stats.cancelled);
+                    self.metrics.cancelled.inc();
                     info!("cancelled while queued");
                     return None;
                 }
                 () = &mut deadline => {
-                    bump(&self.stats.cancelled);
+                    self.metrics.cancelled.inc();
                     info!("deadline passed while queued");
                     send_last(events, Err(JobError::DeadlineExceeded)).await;
                     return None;
@@ -376,7 +372,7 @@ impl Jobs {
                         let _ = events.send(Ok(response(Ev::Queued(pb::Queued { position })))).await;
                     }
                     QueueEvent::Closed => {
-                        bump(&self.stats.rejected);
+                        self.metrics.rejected("draining");
                         send_last(events, Err(JobError::ShuttingDown)).await;
                         return None;
                     }
@@ -410,7 +406,7 @@ where
         deadline: Option<Instant>,
         timeout_at: Option<Instant>,
         over_limit: Option<&CancellationToken>,
-    ) -> (Option<WorkerExit>, Option<Ending>) {
+    ) -> (Option<WorkerExit>, Option<Ending>, Option<Instant>) {
         let never = CancellationToken::new();
         let over_limit = over_limit.unwrap_or(&never);
         tokio::pin!(exit);
@@ -419,10 +415,11 @@ where
         let escalate = sleep_until_or_never(None);
         let (mut deadline, mut timeout, mut escalate) = (deadline, timeout, escalate);
         let mut escalation_armed = false;
+        let mut ending_at = None;
         loop {
             let ending = tokio::select! {
                 biased;
-                exit = &mut exit => return (exit.ok(), self.ending),
+                exit = &mut exit => return (exit.ok(), self.ending, ending_at),
                 () = &mut escalate, if escalation_armed => {
                     escalation_armed = false;
                     self.killer.kill();
@@ -454,6 +451,7 @@ where
             if let Some(ending) = ending {
                 info!(?ending, "ending the job");
                 self.ending = Some(ending);
+                ending_at = Some(Instant::now());
                 if let Some(at) = self.killer.terminate(self.kill_grace) {
                     escalate.as_mut().reset(at);
                     escalation_armed = true;
@@ -506,6 +504,20 @@ where
 /// Waits for room in the stdin channel; `None` once the job has closed its stdin.
 async fn reserve(tx: Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::OwnedPermit<Vec<u8>>> {
     tx?.reserve_owned().await.ok()
+}
+
+/// The `reason` label of `forkpool_jobs_finished_total`.
+fn finish_reason(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
+    match ending {
+        None if oom_killed => "memory_limit",
+        None => "exited",
+        Some(Ending::Cancelled) => "cancelled",
+        Some(Ending::Deadline) => "deadline",
+        Some(Ending::TimedOut) => "timed_out",
+        Some(Ending::Shutdown) => "shutdown",
+        Some(Ending::OutputLimit) => "output_limit",
+        Some(Ending::Invalid(_)) => "invalid_request",
+    }
 }
 
 /// Maps the contract's signal enum to a real signal; `UNSPECIFIED` and unknown numbers are invalid.

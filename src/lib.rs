@@ -38,6 +38,7 @@
 //! | [`kill`] | signalling a job's process group safely; hunting escapers without cgroups |
 //! | [`containment`] | a job's cgroup, directory and limits; killing and reaping all that is left |
 //! | [`cgroup`] | per-job cgroups: membership, limits, kill, leftovers of a crash |
+//! | [`metrics`] | Prometheus metrics and the `GetStatus` counters |
 //! | [`limits`] | resource limits and how each is enforced |
 //! | [`workdir`] | private working directories |
 //! | [`output`] | pipes to bounded chunks |
@@ -52,6 +53,7 @@ pub mod containment;
 pub mod job;
 pub mod kill;
 pub mod limits;
+pub mod metrics;
 pub mod output;
 pub mod pool;
 pub mod reaper;

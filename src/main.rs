@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Accept raw commands (`StartJob.command`), not only catalog jobs.
     #[arg(long)]
     allow_raw_commands: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Per-job cgroups: `auto` uses them when a writable cgroup v2 tree exists, `off` never.
     #[arg(long, value_enum)]
     cgroups: Option<CgroupMode>,
@@ -187,6 +190,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.queue = queue;
     }
     config.allow_raw_commands |= args.allow_raw_commands;
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
     if let Some(mode) = args.cgroups {
         config.cgroups = mode;
     }

@@ -11,7 +11,6 @@
 //!   group, which it leads) under the lock cannot hit a stranger. See [`Registry::with_live_worker`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -89,7 +88,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
-    orphans_reaped: AtomicU64,
+    orphans_reaped: prometheus_client::metrics::counter::Counter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,7 +161,12 @@ impl Registry {
 
     /// Orphans (non-worker processes) reaped since start.
     pub fn orphans_reaped(&self) -> u64 {
-        self.orphans_reaped.load(Ordering::Relaxed)
+        self.orphans_reaped.get()
+    }
+
+    /// The orphan counter, for the metrics.
+    pub fn orphans_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.orphans_reaped.clone()
     }
 
     /// The reaper loop: wakes on SIGCHLD (and once a second, as a safety net) and reaps until nothing is
@@ -226,7 +230,7 @@ impl Registry {
                 });
                 continue;
             }
-            self.orphans_reaped.fetch_add(1, Ordering::Relaxed);
+            self.orphans_reaped.inc();
             let name = stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default();
             let orphan = ReapedOrphan { pid, name, status: reaped.status };
             let by_session =

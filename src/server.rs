@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::containment::Containment;
 use crate::job::Jobs;
+use crate::metrics::{self, Metrics};
 use crate::pb::{self, executor_server::ExecutorServer};
 use crate::pool::Pool;
 use crate::reaper::Registry;
@@ -65,11 +66,28 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
     let registry = Arc::new(Registry::default());
     tokio::spawn(Arc::clone(&registry).run(sigchld));
     let spawner = Spawner::start(Arc::clone(&registry))?;
-    let containment = Containment::start(&config, Arc::clone(&registry)).await?;
+    let metrics = Arc::new(Metrics::new(registry.orphans_counter()));
+    let containment =
+        Containment::start(&config, Arc::clone(&registry), metrics.cgroups_populated_after_end.clone()).await?;
 
     let config = Arc::new(config);
     let pool = Pool::new(config.worker_count(), config.queue);
-    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, containment, shutdown.now.clone()));
+    let stop_metrics = CancellationToken::new();
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let serving = metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&pool), stop_metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    warn!(error = %e, "the metrics endpoint failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone()));
     let tracker = TaskTracker::new();
     let service = ExecutorService::new(jobs, Arc::clone(&config), tracker.clone());
 
@@ -90,6 +108,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
     // Announced once everything is set up; scripts and tests read this line to learn the port (listening
     // on port 0) and to know the server is ready.
     println!("forkpool listening on {addr}");
+    if let Some(metrics_addr) = metrics_addr {
+        println!("forkpool metrics on http://{metrics_addr}/metrics");
+    }
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
     let stop_transport = CancellationToken::new();
@@ -124,6 +145,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
     tracker.wait().await;
     info!("all jobs ended; closing connections");
     stop_transport.cancel();
+    stop_metrics.cancel();
     match tokio::time::timeout(CLOSE_GRACE, &mut transport).await {
         Ok(result) => flatten(result),
         Err(_) => {

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,7 +99,7 @@ impl pb::executor_server::Executor for ExecutorService {
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
         let pool = self.jobs.pool();
         let (running, queued) = pool.occupancy();
-        let stats = self.jobs.stats();
+        let stats = self.jobs.metrics();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let (mode, containment_detail) = self.jobs.containment().mode();
         Ok(Response::new(pb::GetStatusResponse {
@@ -108,11 +107,11 @@ impl pb::executor_server::Executor for ExecutorService {
             running: count(running),
             queued: count(queued),
             queue_capacity: count(pool.capacity()),
-            started_total: stats.started.load(Ordering::Relaxed),
-            finished_total: stats.finished.load(Ordering::Relaxed),
-            cancelled_total: stats.cancelled.load(Ordering::Relaxed),
-            timed_out_total: stats.timed_out.load(Ordering::Relaxed),
-            rejected_total: stats.rejected.load(Ordering::Relaxed),
+            started_total: stats.started.get(),
+            finished_total: stats.finished.get(),
+            cancelled_total: stats.cancelled.get(),
+            timed_out_total: stats.timed_out.get(),
+            rejected_total: stats.rejected.get(),
             orphans_reaped_total: self.jobs.registry().orphans_reaped(),
             containment: mode as i32,
             containment_detail,

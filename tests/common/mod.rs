@@ -24,6 +24,7 @@ pub struct TestServer {
     pub pid: i32,
     pub url: String,
     pub log: PathBuf,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -52,10 +53,16 @@ impl TestServer {
             panic!("server did not start: {first:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
         });
         let url = format!("http://{addr}");
-        // Keep draining stdout so the server can never block on it.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout (so the server can never block on it), keeping the lines.
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(vec![first.clone()]));
+        let keep = std::sync::Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock().expect("stdout lines").push(line);
+            }
+        });
         let pid = child.id() as i32;
-        TestServer { child: Some(child), pid, url, log }
+        TestServer { child: Some(child), pid, url, log, stdout }
     }
 
     /// The server process is `pid` (e.g. the child of a wrapper such as `unshare`).
@@ -66,6 +73,11 @@ impl TestServer {
     pub async fn client(&self) -> ExecutorClient<Channel> {
         let channel = Channel::from_shared(self.url.clone()).expect("url").connect().await.expect("connect");
         ExecutorClient::new(channel)
+    }
+
+    /// The lines the server printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lines").clone()
     }
 
     pub fn log_text(&self) -> String {

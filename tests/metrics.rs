@@ -1,0 +1,66 @@
+//! Prometheus metrics on `--metrics-listen`, scraped over HTTP after real jobs ran, were cancelled and left
+//! orphans.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_lowercase().contains("content-type: application/openmetrics-text"), "{response}");
+    response
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_jobs_by_reason_latencies_and_orphans() {
+    let server = TestServer::start(&["--allow-raw-commands", "--metrics-listen", "127.0.0.1:0"]);
+    let mut addr = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        addr = server
+            .stdout_lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("forkpool metrics on http://")?.strip_suffix("/metrics").map(String::from));
+        addr.is_some()
+    }));
+    let addr = addr.expect("metrics address");
+    let mut client = server.client().await;
+    assert_eq!(run(&mut client, job("echo", &["x"])).await.code(), Some(0));
+    let orphans = run(&mut client, sh("sleep 100 & sleep 100 & sleep 0.2; exit 0")).await;
+    assert_eq!(orphans.exited.expect("exited").reaped.len(), 2);
+    let mut call = OpenCall::open(&mut client, sh("sleep 1000 & echo ready; wait")).await.expect("open");
+    call.wait_stdout("ready").await;
+    drop(call);
+    server.assert_no_children();
+    let _ = settled_status(&mut client).await;
+
+    let text = scrape(&addr);
+    let expect = [
+        ("forkpool_jobs_started_total", 3.0),
+        ("forkpool_jobs_finished_total{reason=\"exited\"}", 2.0),
+        ("forkpool_jobs_finished_total{reason=\"cancelled\"}", 1.0),
+        ("forkpool_calls_cancelled_total", 1.0),
+        ("forkpool_spawn_seconds_count", 3.0),
+        ("forkpool_cancel_to_dead_seconds_count", 1.0),
+        // Two from the orphaning job, one from the cancelled tree (its `sleep` outlived the worker briefly).
+        ("forkpool_orphans_reaped_total", 3.0),
+        ("forkpool_jobs_running", 0.0),
+        ("forkpool_calls_queued", 0.0),
+        ("forkpool_cgroups_populated_after_end_total", 0.0),
+    ];
+    for (series, wanted) in expect {
+        assert_eq!(value(&text, series), Some(wanted), "{series} in:\n{text}");
+    }
+    let cancel = value(&text, "forkpool_cancel_to_dead_seconds_sum").expect("sum");
+    assert!(cancel > 0.0 && cancel < 5.0, "cancel to dead took {cancel} s");
+}
