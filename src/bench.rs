@@ -11,12 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::{Client, Connection};
+use crate::pb::{self, execute_request::Msg, execute_response::Event};
 use anyhow::{Context, bail};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
-
-use crate::pb::{self, execute_request::Msg, execute_response::Event, executor_client::ExecutorClient};
 
 /// How much to measure.
 #[derive(Debug, Clone, Default)]
@@ -93,8 +92,8 @@ impl BenchServer {
         Ok(BenchServer { child, url })
     }
 
-    async fn client(&self) -> anyhow::Result<ExecutorClient<Channel>> {
-        crate::client::connect(&self.url).await
+    async fn client(&self) -> anyhow::Result<Client> {
+        crate::client::connect(&Connection { server: self.url.clone(), ..Connection::default() }).await
     }
 
     /// The server's CPU time so far (user + system).
@@ -132,7 +131,7 @@ struct Call {
     responses: tonic::Streaming<pb::ExecuteResponse>,
 }
 
-async fn open(client: &mut ExecutorClient<Channel>, start: pb::StartJob) -> anyhow::Result<Call> {
+async fn open(client: &mut Client, start: pb::StartJob) -> anyhow::Result<Call> {
     let (requests, rx) = mpsc::channel(2);
     requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
     let responses = client.execute(ReceiverStream::new(rx)).await?.into_inner();
@@ -140,7 +139,7 @@ async fn open(client: &mut ExecutorClient<Channel>, start: pb::StartJob) -> anyh
 }
 
 /// Runs a job to its end; returns the stdout bytes seen.
-async fn run_job(client: &mut ExecutorClient<Channel>, start: pb::StartJob) -> anyhow::Result<u64> {
+async fn run_job(client: &mut Client, start: pb::StartJob) -> anyhow::Result<u64> {
     let mut call = open(client, start).await?;
     let mut bytes = 0u64;
     while let Some(response) = call.responses.message().await? {

@@ -24,27 +24,88 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 127;
 /// Exit code of `forkpool run` after Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// How to reach a server: its URL, TLS material and bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `http://HOST:PORT`, or `https://` for TLS.
+    pub server: String,
+    /// PEM CA bundle to verify the server with (TLS).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate and key (mutual TLS).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name to verify the server's certificate against [default: the URL's host].
+    pub domain: Option<String>,
+    /// Bearer token sent as `authorization: Bearer ...`.
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token (if any) to every call.
+#[derive(Debug, Clone)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connected client.
+pub type Client = ExecutorClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
+
 /// Connects to a forkpool server.
-pub async fn connect(server: &str) -> anyhow::Result<ExecutorClient<Channel>> {
-    let channel = Channel::from_shared(server.to_string())
+pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
+    let server = &connection.server;
+    let mut endpoint = Channel::from_shared(server.to_string())
         .with_context(|| format!("invalid server URL {server:?}"))?
         // Large receive windows: with HTTP/2's default 64 KiB the server stalls for a round trip every
         // 64 KiB of a job's output.
         .initial_stream_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW * 2)
         // Lets a whole 64 KiB output chunk travel in one DATA frame.
-        .max_frame_size(256 * 1024)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    Ok(ExecutorClient::new(channel))
+        .max_frame_size(256 * 1024);
+    if server.starts_with("https://") || connection.ca_cert.is_some() || connection.identity.is_some() {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &connection.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &connection.identity {
+            let cert = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &connection.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {server}"))?;
+    let token = match &connection.token {
+        Some(token) => Some(format!("Bearer {token}").parse().context("the token is not valid ASCII metadata")?),
+        None => None,
+    };
+    Ok(ExecutorClient::with_interceptor(channel, Credentials(token)))
+}
+
+/// Reads the first token of a token file (`TOKEN [jobs]` lines, `#` comments).
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().next())
+        .map(String::from)
+        .with_context(|| format!("no token in {}", path.display()))
 }
 
 /// What `forkpool run` should do.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Server URL.
-    pub server: String,
+    /// The server.
+    pub connection: Connection,
     /// Catalog job; without it, `args` is a raw command.
     pub job: Option<String>,
     /// Job timeout.
@@ -60,7 +121,7 @@ pub struct RunOptions {
 /// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
 /// 128+N when a signal N killed it).
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
-    let mut client = connect(&options.server).await?;
+    let mut client = connect(&options.connection).await?;
     let (job, args, command) = match options.job {
         Some(job) => (job, options.args, Vec::new()),
         None if options.args.is_empty() => bail!("nothing to run: give --job NAME or a command after --"),
@@ -163,8 +224,8 @@ fn call_failed(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Prints the server's job catalog.
-pub async fn jobs(server: &str) -> anyhow::Result<()> {
-    let reply = connect(server).await?.list_jobs(pb::ListJobsRequest {}).await.map_err(call_failed)?.into_inner();
+pub async fn jobs(connection: &Connection) -> anyhow::Result<()> {
+    let reply = connect(connection).await?.list_jobs(pb::ListJobsRequest {}).await.map_err(call_failed)?.into_inner();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<16} {:<5} {:<12} {:<24} DESCRIPTION", "NAME", "ARGS", "MAX TIMEOUT", "COMMAND")?;
     for job in reply.jobs {
@@ -180,8 +241,8 @@ pub async fn jobs(server: &str) -> anyhow::Result<()> {
 }
 
 /// Prints the server's status.
-pub async fn status(server: &str) -> anyhow::Result<()> {
-    let s = connect(server).await?.get_status(pb::GetStatusRequest {}).await.map_err(call_failed)?.into_inner();
+pub async fn status(connection: &Connection) -> anyhow::Result<()> {
+    let s = connect(connection).await?.get_status(pb::GetStatusRequest {}).await.map_err(call_failed)?.into_inner();
     let mut out = std::io::stdout().lock();
     writeln!(out, "workers:         {} ({} running)", s.workers, s.running)?;
     writeln!(out, "queue:           {} of {}", s.queued, s.queue_capacity)?;

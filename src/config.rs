@@ -48,6 +48,14 @@ pub struct Config {
     /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// PEM certificate (chain) for TLS; with `tls_key`, the server speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens, one per line (optionally followed by the jobs the token may run).
+    pub auth_token_file: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`); none = not served.
     pub metrics_listen: Option<SocketAddr>,
     /// Server-wide default limits; each catalog job may override them.
@@ -126,6 +134,10 @@ impl Default for Config {
             raw_max_timeout: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_token_file: None,
             metrics_listen: None,
             limits: Limits::server_default(),
             cgroups: CgroupMode::Auto,
@@ -208,6 +220,12 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.default_kill_grace > self.max_kill_grace {
             return invalid("default_kill_grace exceeds max_kill_grace".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca needs tls_cert and tls_key".into());
         }
         if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
             return invalid("keepalive_interval and keepalive_timeout must be positive".into());

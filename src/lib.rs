@@ -31,6 +31,7 @@
 //! | [`config`] | config file and flags, the job catalog, request validation |
 //! | [`server`] | wiring: gRPC server, health, reflection, keepalive, shutdown |
 //! | [`service`] | the tonic service; the only place a `tonic::Status` is built |
+//! | [`auth`] | bearer tokens and what each may run |
 //! | [`pool`] | worker slots and the FIFO queue |
 //! | [`job`] | one job's life: wait for a slot, spawn, stream, kill, report |
 //! | [`spawn`] | the spawner thread: clone + exec, the only fork-time unsafe code |
@@ -45,6 +46,7 @@
 //! | [`client`] | the `forkpool run`, `jobs` and `status` commands |
 //! | [`mod@bench`] | `forkpool bench`: figures against the physical floor |
 
+pub mod auth;
 pub mod bench;
 pub mod cgroup;
 pub mod client;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use forkpool::client::{self, CallFailed, DEFAULT_SERVER, RunOptions};
+use forkpool::client::{self, CallFailed, Connection, DEFAULT_SERVER, RunOptions};
 use forkpool::config::{CgroupMode, Config, parse_duration};
 use forkpool::limits::parse_size;
 use forkpool::server::{self, Shutdown};
@@ -33,17 +33,9 @@ enum Command {
     /// Run a job on a server and relay its stdin, stdout and stderr; exits with the job's exit code.
     Run(RunArgs),
     /// List the server's job catalog.
-    Jobs {
-        /// Server URL.
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
-    },
+    Jobs(ConnectArgs),
     /// Show the server's pool and counters.
-    Status {
-        /// Server URL.
-        #[arg(long, default_value = DEFAULT_SERVER)]
-        server: String,
-    },
+    Status(ConnectArgs),
     /// Measure start latency, throughput, cancel time, stdout rate and memory per call against the floor.
     Bench {
         /// A few seconds with small counts (a smoke test; figures only indicative).
@@ -72,6 +64,18 @@ struct ServeArgs {
     /// Accept raw commands (`StartJob.command`), not only catalog jobs.
     #[arg(long)]
     allow_raw_commands: bool,
+    /// PEM certificate (chain): serve TLS only.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates it signed (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens, one per line (`TOKEN [job,job...]`); calls without a valid one get UNAUTHENTICATED.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -98,11 +102,49 @@ enum LogFormat {
     Json,
 }
 
+/// How the client commands reach a server.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// Server URL.
+struct ConnectArgs {
+    /// Server URL (`https://` for TLS).
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    /// PEM CA bundle to verify the server with.
+    #[arg(long)]
+    tls_ca_cert: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM client key (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name to verify the server's certificate against [default: the URL's host].
+    #[arg(long)]
+    tls_domain: Option<String>,
+    /// File whose first line is the bearer token [default: $FORKPOOL_TOKEN].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    fn connection(self) -> anyhow::Result<Connection> {
+        let token = match &self.token_file {
+            Some(path) => Some(client::read_token(path)?),
+            None => std::env::var("FORKPOOL_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+        Ok(Connection {
+            server: self.server,
+            ca_cert: self.tls_ca_cert,
+            identity: self.tls_cert.zip(self.tls_key),
+            domain: self.tls_domain,
+            token,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Catalog job to run; without it, ARGS is a raw command.
     #[arg(long)]
     job: Option<String>,
@@ -138,7 +180,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| 0),
             Command::Run(args) => {
                 let options = RunOptions {
-                    server: args.server,
+                    connection: args.connect.connection()?,
                     job: args.job,
                     timeout: args.timeout,
                     kill_grace: args.kill_grace,
@@ -147,8 +189,8 @@ fn main() -> ExitCode {
                 };
                 client::run(options).await
             }
-            Command::Jobs { server } => client::jobs(&server).await.map(|()| 0),
-            Command::Status { server } => client::status(&server).await.map(|()| 0),
+            Command::Jobs(args) => client::jobs(&args.connection()?).await.map(|()| 0),
+            Command::Status(args) => client::status(&args.connection()?).await.map(|()| 0),
             Command::Bench { quick, server_args } => {
                 forkpool::bench::run(forkpool::bench::BenchOptions { quick, server_args }).await.map(|()| 0)
             }
@@ -190,6 +232,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.queue = queue;
     }
     config.allow_raw_commands |= args.allow_raw_commands;
+    config.tls_cert = args.tls_cert.or(config.tls_cert);
+    config.tls_key = args.tls_key.or(config.tls_key);
+    config.tls_client_ca = args.tls_client_ca.or(config.tls_client_ca);
+    config.auth_token_file = args.auth_token_file.or(config.auth_token_file);
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
     }

@@ -23,7 +23,7 @@ use crate::metrics::{self, Metrics};
 use crate::pb::{self, executor_server::ExecutorServer};
 use crate::pool::Pool;
 use crate::reaper::Registry;
-use crate::service::ExecutorService;
+use crate::service::{Authenticate, ExecutorService};
 use crate::spawn::Spawner;
 
 /// The health service name of the Executor.
@@ -38,6 +38,9 @@ pub enum ServerError {
     /// Setting up the process (subreaper, signal handling, spawner thread) failed.
     #[error("cannot set up the server process: {0}")]
     Setup(#[from] std::io::Error),
+    /// The TLS files or the token file cannot be used.
+    #[error("{0}")]
+    Security(String),
     /// Building reflection failed.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -100,9 +103,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
 
+    let tokens =
+        config.auth_token_file.as_deref().map(crate::auth::Tokens::load).transpose().map_err(ServerError::Security)?;
+    let tls = tls_config(&config)?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "listening beyond loopback without TLS or authentication: anyone who can reach it can run jobs");
+    if !addr.ip().is_loopback() && (tls.is_none() || tokens.is_none()) {
+        let missing = match (tls.is_none(), tokens.is_none()) {
+            (true, true) => "without TLS or authentication: anyone who can reach it can run jobs",
+            (true, false) => "without TLS: tokens and job output cross the network in clear text",
+            _ => "without authentication: anyone who can reach it can run jobs",
+        };
+        warn!(%addr, "listening beyond loopback {missing}");
     }
     info!(%addr, workers = pool.workers(), queue = pool.capacity(), raw_commands = config.allow_raw_commands, "serving");
     // Announced once everything is set up; scripts and tests read this line to learn the port (listening
@@ -114,13 +125,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
     let stop_transport = CancellationToken::new();
-    let transport = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let transport = builder
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(ExecutorServer::new(service))
+        .add_service(ExecutorServer::with_interceptor(service, Authenticate::new(tokens)))
         .serve_with_incoming_shutdown(incoming, stop_transport.clone().cancelled_owned());
     let mut transport = tokio::spawn(transport);
 
@@ -154,6 +169,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
             Ok(())
         }
     }
+}
+
+/// The TLS configuration from the config's PEM files, if any.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServerError::Security(format!("cannot read {}: {e}", path.display())))
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    info!(mutual = config.tls_client_ca.is_some(), "TLS enabled");
+    Ok(Some(tls))
 }
 
 fn flatten(result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> Result<(), ServerError> {

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AuthError, Scope, Tokens};
 use crate::config::{Config, PlanError};
 use crate::job::{Call, Event, JobError, Jobs};
 use crate::pb::{self, execute_request::Msg};
@@ -64,6 +65,7 @@ impl pb::executor_server::Executor for ExecutorService {
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
         let peer = request.remote_addr();
+        let scope = request.extensions().get::<Scope>().cloned().unwrap_or(Scope::Any);
         let mut requests = request.into_inner();
         let first = requests
             .message()
@@ -79,7 +81,14 @@ impl pb::executor_server::Executor for ExecutorService {
             }
             None => return Err(Status::invalid_argument("the first message has no field set; it must be `start`")),
         };
+        let catalog_job = (!start.job.is_empty()).then(|| start.job.clone());
         let plan = self.config.plan(start).map_err(plan_status)?;
+        if !scope.allows(catalog_job.as_deref()) {
+            return Err(Status::permission_denied(match catalog_job {
+                Some(job) => format!("this token may not run job `{job}`"),
+                None => "this token may not run raw commands".to_string(),
+            }));
+        }
         let admission = self.jobs.admit().map_err(admission_status)?;
         let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
         let cancelled = CancellationToken::new();
@@ -116,6 +125,36 @@ impl pb::executor_server::Executor for ExecutorService {
             containment: mode as i32,
             containment_detail,
         }))
+    }
+}
+
+/// The authentication in front of the Executor service: with no tokens every call passes; otherwise a call
+/// needs `authorization: Bearer <token>` and carries the token's [`Scope`] to the handler.
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Authenticate {
+    /// Checks calls against `tokens` (`None`: no authentication).
+    pub fn new(tokens: Option<Tokens>) -> Self {
+        Authenticate { tokens: tokens.map(Arc::new) }
+    }
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(tokens) = &self.tokens else { return Ok(request) };
+        let header = request.metadata().get("authorization").map(|v| v.as_bytes());
+        match tokens.check(header) {
+            Ok(scope) => {
+                request.extensions_mut().insert(scope);
+                Ok(request)
+            }
+            Err(e @ (AuthError::Missing | AuthError::Malformed | AuthError::Unknown)) => {
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
     }
 }
 
