@@ -99,6 +99,15 @@ fn own_cgroups() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Moves this whole process into cgroup `leaf` (created if needed).
+fn move_into_leaf(leaf: &Path) -> io::Result<()> {
+    match std::fs::create_dir(leaf) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    write(&leaf.join("cgroup.procs"), &std::process::id().to_string())
+}
+
 fn probe_writable(dir: &Path, server_pid: i32) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!("probe-{server_pid}"));
@@ -109,7 +118,8 @@ fn probe_writable(dir: &Path, server_pid: i32) -> io::Result<()> {
 
 impl CgroupTree {
     /// Finds a writable cgroup v2 tree for job cgroups: `configured` if given, else `forkpool/` under this
-    /// process's cgroup when that is the hierarchy root, else this process's (delegated) cgroup itself.
+    /// process's cgroup when that is the hierarchy root, else this process's (delegated) cgroup itself, after
+    /// moving the server into its `server` leaf.
     pub fn discover(configured: Option<&Path>) -> Result<CgroupTree, String> {
         let server_pid = std::process::id() as i32;
         let (v2_mount, v1_mounts) = mounts();
@@ -120,7 +130,17 @@ impl CgroupTree {
                 let mount = v2_mount.ok_or("no cgroup v2 hierarchy is mounted")?;
                 let path = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.clone()).unwrap_or_default();
                 let own_dir = mount.join(path.trim_start_matches('/'));
-                if own_dir == mount { own_dir.join("forkpool") } else { own_dir }
+                if own_dir == mount {
+                    own_dir.join("forkpool")
+                } else {
+                    // A delegated cgroup (systemd `Delegate=yes`, a container): cgroup v2 lets a cgroup with
+                    // processes enable no controllers for its children, so the server moves itself into a
+                    // leaf first and its jobs get cgroups beside it.
+                    if let Err(e) = move_into_leaf(&own_dir.join("server")) {
+                        warn!(error = %e, "cannot move the server into a leaf of its cgroup; jobs may get no limits");
+                    }
+                    own_dir
+                }
             }
         };
         probe_writable(&root, server_pid).map_err(|e| format!("{} is not writable: {e}", root.display()))?;

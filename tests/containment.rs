@@ -337,3 +337,44 @@ async fn a_job_that_stops_its_group_still_dies_on_cancel() {
         server.assert_no_children();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_delegated_cgroup_the_server_moves_into_a_leaf_and_jobs_go_beside_it() {
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists());
+    let Some(unified) = unified else {
+        assert!(std::env::var("FORKPOOL_REQUIRE_CGROUPS").as_deref() != Ok("1"), "no cgroup v2 hierarchy");
+        eprintln!("SKIPPED (delegated cgroup): no cgroup v2 hierarchy");
+        return;
+    };
+    // Like systemd's Delegate=yes: the server starts inside a cgroup of its own.
+    let name = format!("forkpool-delegated-{}", std::process::id());
+    let delegated = unified.join(&name);
+    std::fs::create_dir_all(&delegated).expect("create the delegated cgroup");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {BIN} serve --listen 127.0.0.1:0 --allow-raw-commands",
+        delegated.display()
+    );
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", &script]).env("RUST_LOG", "forkpool=debug,info");
+    let server = TestServer::start_command(command);
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid)).expect("server cgroup");
+    assert!(own.lines().any(|l| l == format!("0::/{name}/server")), "the server is not in the leaf: {own}");
+    let mut client = server.client().await;
+    let out = run(&mut client, raw(&["cat", "/proc/self/cgroup"])).await;
+    let job_line = out.stdout_text().lines().find(|l| l.starts_with("0::")).map(String::from).unwrap_or_default();
+    assert!(job_line.starts_with(&format!("0::/{name}/job-")), "the job is not beside the server: {job_line}");
+    drop(client);
+    drop(server);
+    // Clean up: the server is gone, its job cgroups were removed; remove the leaf and the cgroup.
+    let _ = std::fs::remove_dir(delegated.join("server"));
+    assert!(
+        std::fs::read_dir(&delegated)
+            .expect("dir")
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("job-"))
+    );
+    std::fs::remove_dir(&delegated).expect("remove the delegated cgroup");
+}
