@@ -166,6 +166,12 @@ fn p50_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
+/// The median p50 and the median p99 over repetitions.
+fn median_p50_p99(repetitions: Vec<(Duration, Duration)>) -> (Duration, Duration) {
+    let (p50s, p99s): (Vec<_>, Vec<_>) = repetitions.into_iter().unzip();
+    (median_duration(p50s), median_duration(p99s))
+}
+
 fn median_f64(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -379,17 +385,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     eprintln!("forkpool bench: {} repetition(s) of each measurement", reps);
 
     let server = BenchServer::start(&["--workers", "64", "--queue", "20000"], &options.server_args)?;
-    let (mut p50s, mut p99s, mut floor50s, mut floor99s) = (vec![], vec![], vec![], vec![]);
+    let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..reps {
-        let (a, b) = p50_p99(start_latency(&server, sizes.latency_runs).await?);
-        let (c, d) = p50_p99(floor_latency(sizes.latency_runs)?);
-        p50s.push(a);
-        p99s.push(b);
-        floor50s.push(c);
-        floor99s.push(d);
+        ours.push(p50_p99(start_latency(&server, sizes.latency_runs).await?));
+        floor.push(p50_p99(floor_latency(sizes.latency_runs)?));
     }
-    let (p50, p99, f50, f99) =
-        (median_duration(p50s), median_duration(p99s), median_duration(floor50s), median_duration(floor99s));
+    let ((p50, p99), (f50, f99)) = (median_p50_p99(ours), median_p50_p99(floor));
     rows.push(Row {
         figure: "start latency `/bin/true`, p50 / p99".into(),
         forkpool: format!("{} / {}", ms(p50), ms(p99)),
@@ -444,16 +445,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     eprintln!("  throughput done");
 
-    let (mut c50, mut c99, mut k50, mut k99) = (vec![], vec![], vec![], vec![]);
+    let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..reps {
-        let (a, b) = p50_p99(cancel_latency(&server, sizes.cancel_runs).await?);
-        let (c, d) = p50_p99(floor_cancel(sizes.cancel_runs)?);
-        c50.push(a);
-        c99.push(b);
-        k50.push(c);
-        k99.push(d);
+        ours.push(p50_p99(cancel_latency(&server, sizes.cancel_runs).await?));
+        floor.push(p50_p99(floor_cancel(sizes.cancel_runs)?));
     }
-    let (c50, c99, k50, k99) = (median_duration(c50), median_duration(c99), median_duration(k50), median_duration(k99));
+    let ((c50, c99), (k50, k99)) = (median_p50_p99(ours), median_p50_p99(floor));
     rows.push(Row {
         figure: "cancel a 3-process tree until all pids are gone, p50 / p99".into(),
         forkpool: format!("{} / {}", ms(c50), ms(c99)),

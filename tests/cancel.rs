@@ -15,24 +15,11 @@ use rand::Rng;
 
 const TREE: &str = "sleep 1000 & sleep 1000 & echo ready; wait";
 
-/// Reads until `ready`, then returns the job's three processes (worker + two sleeps).
-async fn open_tree(
-    client: &mut forkpool::pb::executor_client::ExecutorClient<tonic::transport::Channel>,
-    start: pb::StartJob,
-) -> (OpenCall, Vec<ProcInfo>) {
-    let mut call = OpenCall::open(client, start).await.expect("open");
-    let pid = call.started().await;
-    call.wait_stdout("ready").await;
-    let tree = session_members(pid);
-    assert_eq!(tree.len(), 3, "expected a 3-process tree: {tree:?}");
-    (call, tree)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_the_call_kills_the_whole_tree() {
     let server = TestServer::start(&["--allow-raw-commands"]);
     let mut client = server.client().await;
-    let (call, tree) = open_tree(&mut client, sh(TREE)).await;
+    let (call, tree) = OpenCall::open_tree(&mut client, sh(TREE), 3).await;
     let cancelled_at = Instant::now();
     drop(call);
     assert_all_gone(&tree, Duration::from_secs(5));
@@ -134,7 +121,7 @@ async fn a_job_that_stopped_itself_still_dies_on_cancel() {
     let mut client = server.client().await;
     let mut start = sh("trap 'exit 0' TERM; sleep 1000 & echo ready; kill -STOP 0");
     start.kill_grace = duration(Duration::from_secs(10));
-    let (call, tree) = open_tree_of(&mut client, start, 2).await;
+    let (call, tree) = OpenCall::open_tree(&mut client, start, 2).await;
     assert!(wait_until(Duration::from_secs(5), || tree
         .iter()
         .all(|p| proc_info(p.pid).is_some_and(|i| i.state == 'T'))));
@@ -143,24 +130,6 @@ async fn a_job_that_stopped_itself_still_dies_on_cancel() {
     // SIGCONT follows SIGTERM, so the stopped group sees the SIGTERM well before the 10 s grace.
     assert_all_gone(&tree, Duration::from_secs(5));
     assert!(began.elapsed() < Duration::from_secs(5));
-}
-
-async fn open_tree_of(
-    client: &mut forkpool::pb::executor_client::ExecutorClient<tonic::transport::Channel>,
-    start: pb::StartJob,
-    size: usize,
-) -> (OpenCall, Vec<ProcInfo>) {
-    let mut call = OpenCall::open(client, start).await.expect("open");
-    let pid = call.started().await;
-    call.wait_stdout("ready").await;
-    let mut tree = Vec::new();
-    wait_until_async(Duration::from_secs(5), || {
-        tree = session_members(pid);
-        tree.len() == size
-    })
-    .await;
-    assert_eq!(tree.len(), size, "{tree:?}");
-    (call, tree)
 }
 
 /// A TCP relay that can be made to black-hole traffic, like a dead host, without closing anything.
@@ -225,7 +194,7 @@ async fn a_peer_that_vanishes_silently_is_noticed_by_keepalive() {
         .await
         .expect("connect via relay");
     let mut client = forkpool::pb::executor_client::ExecutorClient::new(channel);
-    let (call, tree) = open_tree(&mut client, sh(TREE)).await;
+    let (call, tree) = OpenCall::open_tree(&mut client, sh(TREE), 3).await;
     relay.blackhole.store(true, Ordering::SeqCst);
     let began = Instant::now();
     assert_all_gone(&tree, Duration::from_secs(10));

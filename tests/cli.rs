@@ -17,14 +17,14 @@ async fn run_shows_the_queue_position_only_on_a_terminal() {
     let run = format!("{BIN} run --server {} --job echo -- queued-then-ran", server.url);
 
     // On a terminal: the position appears while the call waits.
-    let mut on_tty = Command::new("script")
+    let on_tty = Command::new("script")
         .args(["-q", "-e", "-c", &run, "/dev/null"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .expect("script(1)");
     // Through pipes: no position, only the job's output.
-    let mut piped = Command::new(BIN)
+    let piped = Command::new(BIN)
         .args(["run", "--server", &server.url, "--job", "echo", "--", "queued-then-ran"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

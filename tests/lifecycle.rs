@@ -41,10 +41,7 @@ async fn a_drain_lets_running_jobs_finish_while_health_says_not_serving() {
 async fn a_second_signal_kills_every_job_at_once() {
     let mut server = TestServer::start(&["--allow-raw-commands", "--drain-timeout", "60s"]);
     let mut client = server.client().await;
-    let mut call = OpenCall::open(&mut client, sh("sleep 1000 & echo ready; wait")).await.expect("open");
-    let pid = call.started().await;
-    call.wait_stdout("ready").await;
-    let tree = session_members(pid);
+    let (call, tree) = OpenCall::open_tree(&mut client, sh("sleep 1000 & echo ready; wait"), 2).await;
     server.signal(Signal::SIGTERM);
     assert!(wait_until(Duration::from_secs(5), || server.log_text().contains("draining")));
     let began = Instant::now();
@@ -78,9 +75,20 @@ async fn it_runs_as_pid_1_of_its_own_pid_namespace() {
     server.assert_no_zombies();
 
     let mut call = OpenCall::open(&mut client, sh("sleep 1000 & echo ready; wait")).await.expect("open");
-    let pid = call.started().await;
+    let ns_worker = call.started().await;
     call.wait_stdout("ready").await;
-    let tree = session_members(pid);
+    // `started` carries the pid as the server (PID 1 of its namespace) sees it; find it from here.
+    let worker = all_processes()
+        .into_iter()
+        .find(|p| {
+            status_field(p.pid, "NSpid").is_some_and(|ns| {
+                let ids: Vec<&str> = ns.split_whitespace().collect();
+                ids.len() == 2 && ids[1] == ns_worker.to_string() && p.ppid == server.pid
+            })
+        })
+        .expect("the worker, seen from outside the namespace");
+    let tree = session_members(worker.pid);
+    assert_eq!(tree.len(), 2, "{tree:?}");
     server.signal(Signal::SIGTERM);
     // Signals of one kind coalesce while pending: send the second once the first has started the drain.
     assert!(wait_until(Duration::from_secs(5), || server.log_text().contains("draining")));

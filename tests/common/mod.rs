@@ -372,6 +372,26 @@ impl OpenCall {
         panic!("call ended before started: {:?}", self.outcome.status)
     }
 
+    /// Opens a call for `start` (which prints `ready` once its tree is up), reads until `ready`, and returns
+    /// the call with the `size` processes of the job's session.
+    pub async fn open_tree(
+        client: &mut ExecutorClient<Channel>,
+        start: pb::StartJob,
+        size: usize,
+    ) -> (OpenCall, Vec<ProcInfo>) {
+        let mut call = OpenCall::open(client, start).await.expect("open");
+        let pid = call.started().await;
+        call.wait_stdout("ready").await;
+        let mut tree = Vec::new();
+        wait_until_async(Duration::from_secs(5), || {
+            tree = session_members(pid);
+            tree.len() == size
+        })
+        .await;
+        assert_eq!(tree.len(), size, "expected a {size}-process tree: {tree:?}");
+        (call, tree)
+    }
+
     /// Reads until stdout contains `needle`.
     pub async fn wait_stdout(&mut self, needle: &str) {
         while !self.outcome.stdout_text().contains(needle) {
