@@ -14,17 +14,15 @@
 //! is killed and reaped, and its output is drained.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metrics::Metrics;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, Sleep, sleep_until};
-use tokio_stream::{Stream, StreamExt};
+use tokio::time::Instant;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
@@ -32,10 +30,11 @@ use crate::config::JobPlan;
 use crate::containment::Containment;
 use crate::kill::GroupKiller;
 use crate::output::{self, OutputBudget};
-use crate::pb::{self, execute_request::Msg, execute_response::Event as Ev};
+use crate::pb::{self, execute_response::Event as Ev};
 use crate::pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
 use crate::reaper::{ExitStatus, JobReaps, Registry, WorkerEntry, WorkerExit};
 use crate::spawn::{SpawnError, Spawner};
+use crate::supervise::{Ending, Supervisor, sleep_until_or_never};
 
 /// One item of a call's response stream.
 pub type Event = Result<pb::ExecuteResponse, JobError>;
@@ -93,17 +92,6 @@ pub struct Call<S> {
     pub deadline: Option<Instant>,
     /// The client's address, for logs.
     pub peer: Option<SocketAddr>,
-}
-
-/// Why a running job is being killed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Ending {
-    Cancelled,
-    Deadline,
-    TimedOut,
-    Shutdown,
-    OutputLimit,
-    Invalid(String),
 }
 
 impl Jobs {
@@ -382,130 +370,6 @@ impl Jobs {
     }
 }
 
-/// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
-/// end early.
-struct Supervisor<'a, S> {
-    killer: &'a GroupKiller,
-    kill_grace: Duration,
-    requests: S,
-    stdin: Option<mpsc::Sender<Vec<u8>>>,
-    pending_stdin: Option<Vec<u8>>,
-    requests_open: bool,
-    ending: Option<Ending>,
-}
-
-impl<S> Supervisor<'_, S>
-where
-    S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
-{
-    async fn run(
-        mut self,
-        exit: oneshot::Receiver<WorkerExit>,
-        cancelled: &CancellationToken,
-        shutdown: &CancellationToken,
-        deadline: Option<Instant>,
-        timeout_at: Option<Instant>,
-        over_limit: Option<&CancellationToken>,
-    ) -> (Option<WorkerExit>, Option<Ending>, Option<Instant>) {
-        let never = CancellationToken::new();
-        let over_limit = over_limit.unwrap_or(&never);
-        tokio::pin!(exit);
-        let deadline = sleep_until_or_never(deadline);
-        let timeout = sleep_until_or_never(timeout_at);
-        let escalate = sleep_until_or_never(None);
-        let (mut deadline, mut timeout, mut escalate) = (deadline, timeout, escalate);
-        let mut escalation_armed = false;
-        let mut ending_at = None;
-        loop {
-            let ending = tokio::select! {
-                biased;
-                exit = &mut exit => return (exit.ok(), self.ending, ending_at),
-                () = &mut escalate, if escalation_armed => {
-                    escalation_armed = false;
-                    self.killer.kill();
-                    None
-                }
-                () = cancelled.cancelled(), if self.ending.is_none() => Some(Ending::Cancelled),
-                () = shutdown.cancelled(), if self.ending.is_none() => Some(Ending::Shutdown),
-                () = &mut deadline, if self.ending.is_none() => Some(Ending::Deadline),
-                () = &mut timeout, if self.ending.is_none() => Some(Ending::TimedOut),
-                () = over_limit.cancelled(), if self.ending.is_none() => Some(Ending::OutputLimit),
-                permit = reserve(self.stdin.clone()), if self.pending_stdin.is_some() => {
-                    match permit {
-                        Some(permit) => {
-                            permit.send(self.pending_stdin.take().unwrap_or_default());
-                        }
-                        None => {
-                            // The job closed its stdin; discard what the client sends from now on.
-                            self.pending_stdin = None;
-                            self.stdin = None;
-                        }
-                    }
-                    None
-                }
-                request = self.requests.next(),
-                    if self.requests_open && self.pending_stdin.is_none() && self.ending.is_none() => {
-                    self.on_request(request)
-                }
-            };
-            if let Some(ending) = ending {
-                info!(?ending, "ending the job");
-                self.ending = Some(ending);
-                ending_at = Some(Instant::now());
-                if let Some(at) = self.killer.terminate(self.kill_grace) {
-                    escalate.as_mut().reset(at);
-                    escalation_armed = true;
-                }
-            }
-        }
-    }
-
-    /// Handles one request of a running job; returns an ending if the call must end.
-    fn on_request(&mut self, request: Option<Result<pb::ExecuteRequest, tonic::Status>>) -> Option<Ending> {
-        match request {
-            // Half-close: the client has nothing more to send. Not a cancellation.
-            None => {
-                self.requests_open = false;
-                self.stdin = None;
-                None
-            }
-            Some(Err(status)) => {
-                debug!(%status, "request stream failed");
-                Some(Ending::Cancelled)
-            }
-            Some(Ok(request)) => match request.msg {
-                Some(Msg::Stdin(data)) => {
-                    if self.stdin.is_some() && !data.is_empty() {
-                        self.pending_stdin = Some(data);
-                    }
-                    None
-                }
-                Some(Msg::CloseStdin(_)) => {
-                    self.stdin = None;
-                    None
-                }
-                Some(Msg::Signal(s)) => match signal_from_proto(s.signal) {
-                    Ok(signal) => {
-                        info!(%signal, "client sent a signal");
-                        self.killer.signal(signal);
-                        None
-                    }
-                    Err(message) => Some(Ending::Invalid(message)),
-                },
-                Some(Msg::Start(_)) => Some(Ending::Invalid(
-                    "a second `start` on the same call: one call runs one job (the running job was killed)".into(),
-                )),
-                None => Some(Ending::Invalid("a request with no field set".into())),
-            },
-        }
-    }
-}
-
-/// Waits for room in the stdin channel; `None` once the job has closed its stdin.
-async fn reserve(tx: Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::OwnedPermit<Vec<u8>>> {
-    tx?.reserve_owned().await.ok()
-}
-
 /// The `reason` label of `forkpool_jobs_finished_total`.
 fn finish_reason(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
     match ending {
@@ -520,21 +384,6 @@ fn finish_reason(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
     }
 }
 
-/// Maps the contract's signal enum to a real signal; `UNSPECIFIED` and unknown numbers are invalid.
-pub fn signal_from_proto(value: i32) -> Result<Signal, String> {
-    let signal = pb::Signal::try_from(value).map_err(|_| format!("unknown signal value {value}"))?;
-    Ok(match signal {
-        pb::Signal::Unspecified => return Err("signal is SIGNAL_UNSPECIFIED; name a signal".into()),
-        pb::Signal::Hup => Signal::SIGHUP,
-        pb::Signal::Int => Signal::SIGINT,
-        pb::Signal::Quit => Signal::SIGQUIT,
-        pb::Signal::Kill => Signal::SIGKILL,
-        pb::Signal::Usr1 => Signal::SIGUSR1,
-        pb::Signal::Usr2 => Signal::SIGUSR2,
-        pb::Signal::Term => Signal::SIGTERM,
-    })
-}
-
 fn response(event: Ev) -> pb::ExecuteResponse {
     pb::ExecuteResponse { event: Some(event) }
 }
@@ -542,12 +391,6 @@ fn response(event: Ev) -> pb::ExecuteResponse {
 /// Sends the call's last item. If the client is gone there is nobody to tell.
 async fn send_last(events: &mpsc::Sender<Event>, event: Event) {
     let _ = events.send(event).await;
-}
-
-fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
-    // Far enough to never fire, near enough not to overflow the timer.
-    let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    Box::pin(sleep_until(at.unwrap_or(never)))
 }
 
 fn proto_duration(d: Duration) -> Option<prost_types::Duration> {

@@ -34,6 +34,7 @@
 //! | [`auth`] | bearer tokens and what each may run |
 //! | [`pool`] | worker slots and the FIFO queue |
 //! | [`job`] | one job's life: wait for a slot, spawn, stream, kill, report |
+//! | `supervise` | the running phase: requests in, endings decided, kill started |
 //! | [`spawn`] | the spawner thread: clone + exec, the only fork-time unsafe code |
 //! | [`reaper`] | subreaper, SIGCHLD loop, worker registry, orphan records |
 //! | [`kill`] | signalling a job's process group safely; hunting escapers without cgroups |
@@ -62,6 +63,7 @@ pub mod reaper;
 pub mod server;
 pub mod service;
 pub mod spawn;
+mod supervise;
 mod sys;
 pub mod workdir;
 

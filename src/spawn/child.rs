@@ -1,0 +1,281 @@
+//! The child side of a spawn: everything that runs between `clone` and `exec`, and `clone3` itself.
+//!
+//! Every function here runs in a `CLONE_VM | CLONE_VFORK` child that shares the server's memory while the
+//! spawner thread is suspended: async-signal-safe calls only, no allocation, no lock, no panic path.
+
+use std::ffi::c_char;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+/// Everything the child needs, as raw pointers into memory the spawner thread keeps alive (and does not
+/// touch) until the child has exec'd or exited.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct ChildPlan {
+    pub(super) program: *const c_char,
+    pub(super) argv: *const *const c_char,
+    pub(super) envp: *const *const c_char,
+    pub(super) cwd: *const c_char,
+    pub(super) cgroup_procs: *const *const c_char,
+    pub(super) cgroup_count: usize,
+    /// Index of the first procs file the child must write (1 when `clone3` already placed it in the v2
+    /// cgroup, which is the first).
+    pub(super) cgroup_first: usize,
+    pub(super) rlimits: *const (libc::c_int, u64),
+    pub(super) rlimit_count: usize,
+    pub(super) ids: Option<(u32, u32)>,
+    pub(super) stdio: [RawFd; 3],
+    pub(super) report: RawFd,
+    pub(super) server_pid: libc::pid_t,
+}
+
+/// The setup steps in the child, in order; a failure reports its index.
+pub(super) const STEPS: [&str; 10] = [
+    "setsid",
+    "set the parent-death signal",
+    "check the parent",
+    "join the job's cgroup",
+    "set resource limits",
+    "change to the working directory",
+    "switch user",
+    "set up stdio",
+    "close fds",
+    "exec",
+];
+
+/// The kernel's `struct clone_args` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Creates the child with `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: born inside its cgroup, so
+/// no migration (which waits for an RCU grace period, about 1 ms) is needed. Returns the child's pid, or the
+/// error (`ENOSYS` etc. where clone3 or the flag is not supported: the caller falls back to `clone`).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd) -> Result<i32, Errno> {
+    /// Runs on the child's own stack; never returns.
+    extern "C" fn entry(plan: *const ChildPlan) -> ! {
+        // SAFETY: `plan` points into the suspended parent's frame (CLONE_VFORK); see `child_main`.
+        unsafe { child_main(*plan) }
+    }
+    // The kernel starts the child with its stack pointer at stack + stack_size: keep that 16-byte aligned.
+    let base = stack.as_mut_ptr() as usize;
+    let aligned = (base + 15) & !15;
+    let size = (stack.len() - (aligned - base)) & !15;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: aligned as u64,
+        stack_size: size as u64,
+        cgroup: cgroup_fd as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) like any syscall; the
+    // child starts at the next instruction with rax = 0 on the new stack and, sharing our registers, finds
+    // `plan` in r12 and `entry` in r13, clears the frame pointer and calls `entry`, which never returns.
+    // The parent is suspended until the child execs or exits (CLONE_VFORK), so `plan`, `args` and the stack
+    // stay valid and untouched for the child's whole life before exec. rcx and r11 are clobbered by
+    // `syscall`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &mut args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") plan as *const ChildPlan,
+            in("r13") entry as extern "C" fn(*const ChildPlan) -> !,
+            out("rcx") _,
+            out("r11") _,
+        );
+    }
+    if ret < 0 { Err(Errno::from_raw(-ret as i32)) } else { Ok(ret as i32) }
+}
+
+/// Elsewhere, `clone3` is not used: the child writes itself into its cgroup.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn clone_into_cgroup(_: &ChildPlan, _: &mut [u8], _: RawFd) -> Result<i32, Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// The child, between clone and exec.
+///
+/// # Safety
+/// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
+/// call below is async-signal-safe (rt_sigaction, setsid, prctl, getppid, open, write, close, setrlimit,
+/// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
+/// _exit) and no memory is allocated or shared state written, except `errno`,
+/// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
+pub(super) unsafe fn child_main(plan: ChildPlan) -> ! {
+    // SAFETY (whole body): see the function's contract.
+    unsafe {
+        // 1. Default dispositions for every signal: handlers belong to the server, and SIG_IGN (Rust ignores
+        //    SIGPIPE; a supervisor may ignore others) would be inherited across exec. All signals are still
+        //    blocked.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                reset_signal(sig);
+            }
+        }
+        // 2. Own session and process group: nothing the job does to its group can reach the server.
+        if libc::setsid() < 0 {
+            fail(plan.report, 0);
+        }
+        // 3. Die when the server (the spawner thread) dies; if it already has, we were reparented: exit.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+            fail(plan.report, 1);
+        }
+        if libc::getppid() != plan.server_pid {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(plan.report, 2);
+        }
+        // 4. Join the job's cgroup(s) before anything else can be started, so nothing escapes them.
+        for i in plan.cgroup_first..plan.cgroup_count {
+            let fd = libc::open(*plan.cgroup_procs.add(i), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(plan.report, 3);
+            }
+            libc::close(fd);
+        }
+        // 5. Resource limits, soft = hard, so the job cannot raise them.
+        for i in 0..plan.rlimit_count {
+            let (resource, value) = *plan.rlimits.add(i);
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            if libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) < 0 {
+                fail(plan.report, 4);
+            }
+        }
+        // 6. Working directory.
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
+            fail(plan.report, 5);
+        }
+        // 7. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
+        //    thread of the (shared-memory) parent.
+        if let Some((uid, gid)) = plan.ids {
+            let groups = [gid];
+            if libc::syscall(libc::SYS_setgroups, 1usize, groups.as_ptr()) < 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+            {
+                fail(plan.report, 6);
+            }
+        }
+        // 8. stdin/stdout/stderr from the pipes. dup2 clears close-on-exec on the copy.
+        for (target, fd) in (0..).zip(plan.stdio) {
+            let ok = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, target) >= 0 };
+            if !ok {
+                fail(plan.report, 7);
+            }
+        }
+        // 9. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
+        //    pipe usable until the exec itself closes it.
+        let marked =
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        if marked < 0 && !close_fds_slowly(plan.report) {
+            fail(plan.report, 8);
+        }
+        // 10. Unblock everything (dispositions are all default now) and exec.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(plan.report, 9)
+    }
+}
+
+/// Sets `sig` to its default disposition with the raw syscall: the C library's `sigaction` refuses the
+/// signals it reserves (32 and 33 in glibc), yet an ignored one would still be inherited across exec.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn reset_signal(sig: libc::c_int) {
+    /// The kernel's `struct sigaction` on these architectures (not the C library's).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    // SAFETY: rt_sigaction is async-signal-safe; `default` is a local of the kernel's layout and the size
+    // argument is the kernel's sigset size (8 bytes).
+    unsafe {
+        libc::syscall(libc::SYS_rt_sigaction, sig, &default as *const KernelSigaction, std::ptr::null::<u8>(), 8usize);
+    }
+}
+
+/// See the other `reset_signal`; elsewhere the C library's `sigaction` is used.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn reset_signal(sig: libc::c_int) {
+    // SAFETY: sigaction is async-signal-safe; `default` is a local.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &default, std::ptr::null_mut());
+    }
+}
+
+/// Fallback for kernels without `close_range` (< 5.11): closes every fd from 3 up to the fd limit except
+/// the report pipe, which is close-on-exec already.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+unsafe fn close_fds_slowly(keep: RawFd) -> bool {
+    // SAFETY: getrlimit and close are async-signal-safe; `limit` is a local.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) < 0 {
+            return false;
+        }
+        let max = RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX);
+        for fd in 3..max {
+            if fd != keep {
+                libc::close(fd);
+            }
+        }
+        true
+    }
+}
+
+/// Reports `(step, errno)` on the report pipe and exits. No allocation, no panic path.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+unsafe fn fail(report: RawFd, step: u32) -> ! {
+    // SAFETY: reading errno, write and _exit are async-signal-safe; `buf` is a local.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let s = step.to_ne_bytes();
+        let e = errno.to_ne_bytes();
+        let buf = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+        libc::write(report, buf.as_ptr().cast(), buf.len());
+        libc::_exit(127)
+    }
+}

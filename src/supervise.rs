@@ -1,0 +1,174 @@
+//! The running phase of a job: relays the client's requests (stdin, close_stdin, signals) to the worker and
+//! waits for the worker's exit, deciding when the job must end early (cancel, deadline, timeout, shutdown,
+//! output cap, an invalid request) and starting the kill: SIGTERM + SIGCONT, SIGKILL after the grace.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::kill::GroupKiller;
+use crate::pb::{self, execute_request::Msg};
+use crate::reaper::WorkerExit;
+
+/// Why a running job is being killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Cancelled,
+    Deadline,
+    TimedOut,
+    Shutdown,
+    OutputLimit,
+    Invalid(String),
+}
+
+/// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
+/// end early.
+pub(crate) struct Supervisor<'a, S> {
+    pub(crate) killer: &'a GroupKiller,
+    pub(crate) kill_grace: Duration,
+    pub(crate) requests: S,
+    pub(crate) stdin: Option<mpsc::Sender<Vec<u8>>>,
+    pub(crate) pending_stdin: Option<Vec<u8>>,
+    pub(crate) requests_open: bool,
+    pub(crate) ending: Option<Ending>,
+}
+
+impl<S> Supervisor<'_, S>
+where
+    S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
+{
+    pub(crate) async fn run(
+        mut self,
+        exit: oneshot::Receiver<WorkerExit>,
+        cancelled: &CancellationToken,
+        shutdown: &CancellationToken,
+        deadline: Option<Instant>,
+        timeout_at: Option<Instant>,
+        over_limit: Option<&CancellationToken>,
+    ) -> (Option<WorkerExit>, Option<Ending>, Option<Instant>) {
+        let never = CancellationToken::new();
+        let over_limit = over_limit.unwrap_or(&never);
+        tokio::pin!(exit);
+        let deadline = sleep_until_or_never(deadline);
+        let timeout = sleep_until_or_never(timeout_at);
+        let escalate = sleep_until_or_never(None);
+        let (mut deadline, mut timeout, mut escalate) = (deadline, timeout, escalate);
+        let mut escalation_armed = false;
+        let mut ending_at = None;
+        loop {
+            let ending = tokio::select! {
+                biased;
+                exit = &mut exit => return (exit.ok(), self.ending, ending_at),
+                () = &mut escalate, if escalation_armed => {
+                    escalation_armed = false;
+                    self.killer.kill();
+                    None
+                }
+                () = cancelled.cancelled(), if self.ending.is_none() => Some(Ending::Cancelled),
+                () = shutdown.cancelled(), if self.ending.is_none() => Some(Ending::Shutdown),
+                () = &mut deadline, if self.ending.is_none() => Some(Ending::Deadline),
+                () = &mut timeout, if self.ending.is_none() => Some(Ending::TimedOut),
+                () = over_limit.cancelled(), if self.ending.is_none() => Some(Ending::OutputLimit),
+                permit = reserve(self.stdin.clone()), if self.pending_stdin.is_some() => {
+                    match permit {
+                        Some(permit) => {
+                            permit.send(self.pending_stdin.take().unwrap_or_default());
+                        }
+                        None => {
+                            // The job closed its stdin; discard what the client sends from now on.
+                            self.pending_stdin = None;
+                            self.stdin = None;
+                        }
+                    }
+                    None
+                }
+                request = self.requests.next(),
+                    if self.requests_open && self.pending_stdin.is_none() && self.ending.is_none() => {
+                    self.on_request(request)
+                }
+            };
+            if let Some(ending) = ending {
+                info!(?ending, "ending the job");
+                self.ending = Some(ending);
+                ending_at = Some(Instant::now());
+                if let Some(at) = self.killer.terminate(self.kill_grace) {
+                    escalate.as_mut().reset(at);
+                    escalation_armed = true;
+                }
+            }
+        }
+    }
+
+    /// Handles one request of a running job; returns an ending if the call must end.
+    fn on_request(&mut self, request: Option<Result<pb::ExecuteRequest, tonic::Status>>) -> Option<Ending> {
+        match request {
+            // Half-close: the client has nothing more to send. Not a cancellation.
+            None => {
+                self.requests_open = false;
+                self.stdin = None;
+                None
+            }
+            Some(Err(status)) => {
+                debug!(%status, "request stream failed");
+                Some(Ending::Cancelled)
+            }
+            Some(Ok(request)) => match request.msg {
+                Some(Msg::Stdin(data)) => {
+                    if self.stdin.is_some() && !data.is_empty() {
+                        self.pending_stdin = Some(data);
+                    }
+                    None
+                }
+                Some(Msg::CloseStdin(_)) => {
+                    self.stdin = None;
+                    None
+                }
+                Some(Msg::Signal(s)) => match signal_from_proto(s.signal) {
+                    Ok(signal) => {
+                        info!(%signal, "client sent a signal");
+                        self.killer.signal(signal);
+                        None
+                    }
+                    Err(message) => Some(Ending::Invalid(message)),
+                },
+                Some(Msg::Start(_)) => Some(Ending::Invalid(
+                    "a second `start` on the same call: one call runs one job (the running job was killed)".into(),
+                )),
+                None => Some(Ending::Invalid("a request with no field set".into())),
+            },
+        }
+    }
+}
+
+/// Waits for room in the stdin channel; `None` once the job has closed its stdin.
+async fn reserve(tx: Option<mpsc::Sender<Vec<u8>>>) -> Option<mpsc::OwnedPermit<Vec<u8>>> {
+    tx?.reserve_owned().await.ok()
+}
+
+/// Maps the contract's signal enum to a real signal; `UNSPECIFIED` and unknown numbers are invalid.
+pub(crate) fn signal_from_proto(value: i32) -> Result<Signal, String> {
+    let signal = pb::Signal::try_from(value).map_err(|_| format!("unknown signal value {value}"))?;
+    Ok(match signal {
+        pb::Signal::Unspecified => return Err("signal is SIGNAL_UNSPECIFIED; name a signal".into()),
+        pb::Signal::Hup => Signal::SIGHUP,
+        pb::Signal::Int => Signal::SIGINT,
+        pb::Signal::Quit => Signal::SIGQUIT,
+        pb::Signal::Kill => Signal::SIGKILL,
+        pb::Signal::Usr1 => Signal::SIGUSR1,
+        pb::Signal::Usr2 => Signal::SIGUSR2,
+        pb::Signal::Term => Signal::SIGTERM,
+    })
+}
+
+/// A sleep until `at`, or practically forever.
+pub(crate) fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
+    // Far enough to never fire, near enough not to overflow the timer.
+    let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    Box::pin(sleep_until(at.unwrap_or(never)))
+}
