@@ -48,6 +48,11 @@ pub struct Config {
     /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// Largest request message accepted (bytes); larger ones get `RESOURCE_EXHAUSTED`.
+    #[serde(deserialize_with = "crate::limits::deserialize_size")]
+    pub max_message_size: u64,
+    /// Concurrent calls per HTTP/2 connection; further ones wait for a free stream.
+    pub max_concurrent_streams: u32,
     /// PEM certificate (chain) for TLS; with `tls_key`, the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
@@ -134,6 +139,8 @@ impl Default for Config {
             raw_max_timeout: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            max_message_size: 4 << 20,
+            max_concurrent_streams: 1000,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -220,6 +227,9 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.default_kill_grace > self.max_kill_grace {
             return invalid("default_kill_grace exceeds max_kill_grace".into());
+        }
+        if self.max_message_size < 1024 || self.max_concurrent_streams == 0 {
+            return invalid("max_message_size must be at least 1 KiB and max_concurrent_streams at least 1".into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert and tls_key go together".into());

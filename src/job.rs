@@ -45,6 +45,9 @@ pub enum JobError {
     /// A later request was invalid (`INVALID_ARGUMENT`); the job was killed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A later request was over the size limit (`RESOURCE_EXHAUSTED`); the job was killed.
+    #[error("request message too large: {0} (the job was killed)")]
+    MessageTooLarge(String),
     /// The worker could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -298,7 +301,9 @@ impl Jobs {
             Some(Ending::TimedOut) => pb::ExitReason::TimedOut,
             Some(Ending::Shutdown) => pb::ExitReason::Shutdown,
             Some(Ending::OutputLimit) => pb::ExitReason::OutputLimit,
-            Some(Ending::Cancelled) | Some(Ending::Deadline) | Some(Ending::Invalid(_)) => pb::ExitReason::Unspecified,
+            Some(Ending::Cancelled) | Some(Ending::Deadline) | Some(Ending::Invalid(_)) | Some(Ending::TooLarge(_)) => {
+                pb::ExitReason::Unspecified
+            }
         };
         info!(
             status = ?exit.status,
@@ -319,6 +324,7 @@ impl Jobs {
                 send_last(events, Err(JobError::DeadlineExceeded)).await;
             }
             Some(Ending::Invalid(message)) => send_last(events, Err(JobError::InvalidRequest(message))).await,
+            Some(Ending::TooLarge(message)) => send_last(events, Err(JobError::MessageTooLarge(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     self.metrics.timed_out.inc();
@@ -380,7 +386,7 @@ fn finish_reason(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
         Some(Ending::TimedOut) => "timed_out",
         Some(Ending::Shutdown) => "shutdown",
         Some(Ending::OutputLimit) => "output_limit",
-        Some(Ending::Invalid(_)) => "invalid_request",
+        Some(Ending::Invalid(_)) | Some(Ending::TooLarge(_)) => "invalid_request",
     }
 }
 

@@ -105,6 +105,11 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
 }
 
+/// Deserializes a required size (`"4MiB"` or a number of bytes).
+pub(crate) fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     crate::config::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)

@@ -125,7 +125,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
     let stop_transport = CancellationToken::new();
-    let mut builder = tonic::transport::Server::builder();
+    let message_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
+    let mut builder = tonic::transport::Server::builder().max_concurrent_streams(config.max_concurrent_streams);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -135,7 +136,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(ExecutorServer::with_interceptor(service, Authenticate::new(tokens)))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ExecutorServer::new(service).max_decoding_message_size(message_limit),
+            Authenticate::new(tokens),
+        ))
         .serve_with_incoming_shutdown(incoming, stop_transport.clone().cancelled_owned());
     let mut transport = tokio::spawn(transport);
 

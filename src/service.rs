@@ -69,7 +69,8 @@ impl pb::executor_server::Executor for ExecutorService {
         let mut requests = request.into_inner();
         let first = requests
             .message()
-            .await?
+            .await
+            .map_err(oversized_as_resource_exhausted)?
             .ok_or_else(|| Status::invalid_argument("empty request stream: the first message must be `start`"))?;
         let start = match first.msg {
             Some(Msg::Start(start)) => start,
@@ -158,6 +159,15 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// tonic reports a request over the size limit as `OUT_OF_RANGE`; gRPC servers say `RESOURCE_EXHAUSTED`.
+fn oversized_as_resource_exhausted(status: Status) -> Status {
+    if crate::supervise::is_oversized(&status) {
+        Status::resource_exhausted(format!("request message too large: {}", status.message()))
+    } else {
+        status
+    }
+}
+
 fn request_kind(msg: &Msg) -> &'static str {
     match msg {
         Msg::Start(_) => "start",
@@ -186,6 +196,7 @@ fn job_status(e: JobError) -> Status {
     let message = e.to_string();
     match e {
         JobError::InvalidRequest(_) => Status::invalid_argument(message),
+        JobError::MessageTooLarge(_) => Status::resource_exhausted(message),
         JobError::Spawn(SpawnError::Exec { .. }) => Status::failed_precondition(message),
         JobError::Spawn(SpawnError::InvalidCommand(_)) => Status::invalid_argument(message),
         JobError::Spawn(SpawnError::Resources(_)) => Status::resource_exhausted(message),

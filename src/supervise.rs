@@ -25,6 +25,7 @@ pub(crate) enum Ending {
     Shutdown,
     OutputLimit,
     Invalid(String),
+    TooLarge(String),
 }
 
 /// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
@@ -114,6 +115,7 @@ where
                 self.stdin = None;
                 None
             }
+            Some(Err(status)) if is_oversized(&status) => Some(Ending::TooLarge(status.message().to_string())),
             Some(Err(status)) => {
                 debug!(%status, "request stream failed");
                 Some(Ending::Cancelled)
@@ -171,4 +173,9 @@ pub(crate) fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
     // Far enough to never fire, near enough not to overflow the timer.
     let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     Box::pin(sleep_until(at.unwrap_or(never)))
+}
+
+/// Whether `status` is tonic's report of a request message over the size limit.
+pub(crate) fn is_oversized(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large")
 }
