@@ -239,6 +239,8 @@ impl Jobs {
         let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
 
         let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
+        // Should this task ever unwind before its worker is reaped, the worker must not outlive the call.
+        let mut kill_on_unwind = KillOnDrop(Some(killer.clone()));
         let supervisor = Supervisor {
             killer: &killer,
             kill_grace: plan.kill_grace,
@@ -248,11 +250,13 @@ impl Jobs {
             requests_open: true,
             ending: None,
         };
-        let timeout_at = plan.timeout.map(|t| started_at + t);
+        // A timeout too far away to represent is no timeout (checked: a client chooses it).
+        let timeout_at = plan.timeout.and_then(|t| started_at.checked_add(t));
         let over_limit = budget.as_ref().map(|b| &b.exceeded);
         let (exit, ending, ending_at) =
             supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at, over_limit).await;
         let wall_time = started_at.elapsed();
+        kill_on_unwind.0 = None;
         debug!(run_us = wall_time.as_micros() as u64, "worker reaped");
 
         // The reaper killed the rest of the group when it reaped the worker; containment kills what escaped
@@ -372,6 +376,18 @@ impl Jobs {
                     }
                 },
             }
+        }
+    }
+}
+
+/// SIGKILLs a job's group when dropped while armed: only if the job task unwinds before its worker exited.
+struct KillOnDrop(Option<GroupKiller>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(killer) = self.0.take() {
+            tracing::error!("the job's task ended before its worker: killing the worker's group");
+            killer.kill();
         }
     }
 }

@@ -57,7 +57,8 @@ impl GroupKiller {
         info!(grace_ms = grace.as_millis() as u64, "sending SIGTERM to the job's group");
         self.signal(Signal::SIGTERM);
         self.signal(Signal::SIGCONT);
-        Some(Instant::now() + grace)
+        // The grace is capped by the config, but a config can say anything: never overflow.
+        Some(Instant::now().checked_add(grace).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)))
     }
 
     /// SIGKILL to the job's group.

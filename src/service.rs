@@ -63,7 +63,7 @@ impl pb::executor_server::Executor for ExecutorService {
         &self,
         request: Request<Streaming<pb::ExecuteRequest>>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+        let deadline = grpc_timeout(request.metadata()).and_then(|t| Instant::now().checked_add(t));
         let peer = request.remote_addr();
         let scope = request.extensions().get::<Scope>().cloned().unwrap_or(Scope::Any);
         let mut requests = request.into_inner();

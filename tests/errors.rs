@@ -197,3 +197,29 @@ async fn draining_refuses_new_and_queued_calls_with_unavailable() {
     let status = server.wait_exit(Duration::from_secs(10)).expect("server exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_durations_are_handled_not_overflowed() {
+    let config = std::env::temp_dir().join(format!("forkpool-huge-{}.toml", std::process::id()));
+    std::fs::write(&config, "allow_raw_commands = true\ndefault_kill_grace = \"500ms\"\nmax_kill_grace = \"1s\"\n")
+        .expect("config");
+    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let mut client = server.client().await;
+    let huge = Some(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 });
+    let mut start = raw(&["echo", "survived"]);
+    start.timeout = huge;
+    start.kill_grace = huge;
+    let out = run(&mut client, start).await;
+    assert_eq!(out.stdout_text(), "survived\n", "{out:?}");
+    assert_eq!(out.code(), Some(0));
+    // And a cancelled job with a huge grace is still capped by the server's maximum.
+    let mut start = sh("trap '' TERM; echo ready; while :; do sleep 0.05; done");
+    start.timeout = Some(prost_types::Duration { seconds: 0, nanos: 200_000_000 });
+    start.kill_grace = huge;
+    let began = std::time::Instant::now();
+    let out = run(&mut client, start).await;
+    assert_eq!(out.reason(), Some(pb::ExitReason::TimedOut));
+    assert_eq!(out.signal(), Some(libc::SIGKILL), "it ignores SIGTERM, so the capped grace ends in SIGKILL");
+    assert!(began.elapsed() < Duration::from_secs(5), "grace not capped: {:?}", began.elapsed());
+    assert_serving(&mut client).await;
+}
