@@ -162,7 +162,7 @@ impl Containment {
 
     /// Removes the job's cgroup and private directory and forgets it in the registry.
     pub async fn release(&self, worker: Option<i32>, container: JobContainer) {
-        self.registry.forget_job(worker.unwrap_or(0), container.cgroup_name().as_deref());
+        self.registry.forget_job(worker, container.cgroup_name().as_deref());
         if let Some(cgroup) = container.cgroup {
             let mut attempts = 0;
             while let Err(e) = cgroup.remove() {

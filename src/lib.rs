@@ -13,7 +13,8 @@
 //!    events with its position), or `RESOURCE_EXHAUSTED`.
 //! 3. [`job`] owns the rest of the call. With a slot, it asks [`spawn`] to start the worker: a dedicated
 //!    spawner thread that lives as long as the server (so `PR_SET_PDEATHSIG` means "the server died") clones
-//!    a child with `CLONE_VM | CLONE_VFORK`, sets it up with async-signal-safe calls only, and execs.
+//!    a child with `CLONE_VM | CLONE_VFORK` (with `clone3`, straight into the job's cgroup), sets it up with
+//!    async-signal-safe calls only, and execs.
 //!    The worker's pid is registered with the [`reaper`] before the reaper can collect it.
 //! 4. [`output`] pumps the worker's stdout and stderr into bounded chunks (back-pressure: a slow client
 //!    slows the job, never grows the server); stdin and signals flow the other way.

@@ -149,9 +149,9 @@ impl Registry {
     }
 
     /// Forgets a job (its sessions and cgroup) once it has finished; later orphans count as unattributed.
-    pub fn forget_job(&self, worker: i32, cgroup: Option<&str>) {
+    pub fn forget_job(&self, worker: Option<i32>, cgroup: Option<&str>) {
         let mut inner = lock(&self.inner);
-        if let Some(reaps) = inner.sessions.remove(&worker) {
+        if let Some(reaps) = worker.and_then(|worker| inner.sessions.remove(&worker)) {
             inner.sessions.retain(|_, r| !Arc::ptr_eq(r, &reaps));
         }
         if let Some(cgroup) = cgroup {

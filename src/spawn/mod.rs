@@ -321,7 +321,7 @@ fn spawn_one(
         Ok(0) => Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r }),
         other => {
             // The child has exited (the reaper collects it); it is not a job any more.
-            registry.forget_job(pid, None);
+            registry.forget_job(Some(pid), None);
             let (step, errno) = match other {
                 Ok(8) => {
                     let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
