@@ -181,7 +181,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
             one_call(&mut client, &call_tally, n).await;
             drop(permit);
         });
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             let url = server.url.clone();
             let cli_tally = Arc::clone(&tally);
             let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore");
