@@ -55,21 +55,26 @@ impl Limits {
 
     /// The rlimits the worker sets before exec. `memory` and `processes` are included only when the
     /// cgroup does not enforce them.
+    ///
+    /// Each value is capped at the server's own hard limit: the job is bound by it anyway, and asking for
+    /// more would fail the job's exec setup instead of limiting it.
     pub fn rlimits(&self, cgroup_memory: bool, cgroup_pids: bool) -> Vec<(libc::c_int, u64)> {
+        use nix::sys::resource::{Resource, getrlimit};
         let mut out = Vec::new();
-        let mut push = |resource: libc::__rlimit_resource_t, value: Option<u64>| {
+        let mut push = |resource: libc::__rlimit_resource_t, own: Resource, value: Option<u64>| {
             if let Some(v) = value {
-                out.push((resource as libc::c_int, v));
+                let hard = getrlimit(own).map_or(u64::MAX, |(_, hard)| hard);
+                out.push((resource as libc::c_int, v.min(hard)));
             }
         };
-        push(libc::RLIMIT_CPU, self.cpu_time.map(|d| d.as_secs().max(1)));
-        push(libc::RLIMIT_NOFILE, self.open_files);
-        push(libc::RLIMIT_FSIZE, self.file_size);
+        push(libc::RLIMIT_CPU, Resource::RLIMIT_CPU, self.cpu_time.map(|d| d.as_secs().max(1)));
+        push(libc::RLIMIT_NOFILE, Resource::RLIMIT_NOFILE, self.open_files);
+        push(libc::RLIMIT_FSIZE, Resource::RLIMIT_FSIZE, self.file_size);
         if !cgroup_memory {
-            push(libc::RLIMIT_AS, self.memory);
+            push(libc::RLIMIT_AS, Resource::RLIMIT_AS, self.memory);
         }
         if !cgroup_pids {
-            push(libc::RLIMIT_NPROC, self.processes);
+            push(libc::RLIMIT_NPROC, Resource::RLIMIT_NPROC, self.processes);
         }
         out
     }
