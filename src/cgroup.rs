@@ -188,7 +188,19 @@ impl CgroupTree {
     pub fn create(&self, job_id: &str, limits: &Limits) -> io::Result<JobCgroup> {
         let name = self.job_name(job_id);
         let v2 = self.root.join(&name);
-        std::fs::create_dir(&v2)?;
+        if let Err(e) = std::fs::create_dir(&v2) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            // The tree was removed underneath the server: make it again, once.
+            warn!(root = %self.root.display(), "the job cgroup tree is gone; recreating it");
+            std::fs::create_dir_all(&self.root)?;
+            enable_controllers(&self.root);
+            for (_, root) in &self.v1 {
+                std::fs::create_dir_all(root)?;
+            }
+            std::fs::create_dir(&v2)?;
+        }
         let mut cgroup = JobCgroup { name, v2, v1: Vec::new(), v2_memory: false };
         // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
         let result = self.apply_limits(&mut cgroup, limits);

@@ -74,3 +74,120 @@ async fn running_out_of_fds_gives_clear_errors_and_the_server_recovers() {
     assert_eq!((status.running, status.started_total), (0, status.finished_total));
     assert_serving(&mut fresh).await;
 }
+
+/// The v2 directory of `pid`'s cgroup, from `/proc/PID/cgroup`.
+fn v2_cgroup_dir(pid: i32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|mount| std::path::PathBuf::from(format!("{mount}{path}")))
+        .find(|dir| dir.join("cgroup.freeze").exists())
+}
+
+fn require_cgroups(status: &forkpool::pb::GetStatusResponse, what: &str) -> bool {
+    if status.containment == forkpool::pb::ContainmentMode::Cgroup as i32 {
+        return true;
+    }
+    assert!(std::env::var("FORKPOOL_REQUIRE_CGROUPS").as_deref() != Ok("1"), "{what}: cgroup mode required");
+    eprintln!("SKIPPED ({what}): no writable cgroup v2 hierarchy");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cgroup_frozen_underneath_still_dies_on_cancel() {
+    let server = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = server.client().await;
+    if !require_cgroups(&get_status(&mut client).await, "frozen cgroup") {
+        return;
+    }
+    let (call, tree) =
+        OpenCall::open_tree(&mut client, sh("setsid sleep 1000 & sleep 1000 & echo ready; wait"), 2).await;
+    let dir = v2_cgroup_dir(tree[0].pid).expect("the job's cgroup");
+    std::fs::write(dir.join("cgroup.freeze"), "1").expect("freeze the job's cgroup");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.contains("frozen 1"))
+    }));
+    drop(call);
+    assert_all_gone(&tree, Duration::from_secs(10));
+    server.assert_no_children();
+    assert!(wait_until(Duration::from_secs(5), || !dir.exists()), "the frozen job's cgroup was not removed");
+    assert_serving(&mut client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cgroup_tree_removed_underneath_is_made_again() {
+    let root = std::path::PathBuf::from(format!("/sys/fs/cgroup/unified/forkpool-removed-{}", std::process::id()));
+    let config = std::env::temp_dir().join(format!("forkpool-removed-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("allow_raw_commands = true\ncgroup_root = \"{}\"\n", root.display()))
+        .expect("config");
+    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let mut client = server.client().await;
+    if !require_cgroups(&get_status(&mut client).await, "removed cgroup tree") {
+        return;
+    }
+    assert_serving(&mut client).await;
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(&root)
+        .is_ok_and(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("job-")))));
+    std::fs::remove_dir(&root).expect("remove the server's cgroup tree underneath it");
+    let out = run(&mut client, raw(&["cat", "/proc/self/cgroup"])).await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout_text().contains(&format!("0::/{}/job-", root.file_name().expect("name").to_string_lossy())));
+    assert!(server.log_text().contains("recreating it"));
+    drop(client);
+    drop(server);
+    let _ = std::fs::remove_dir(&root);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_working_directory_filesystem_gives_a_clear_error_and_leaks_nothing() {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("full-fs-{}", std::process::id()));
+    std::fs::create_dir_all(&base).expect("dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=32", "tmpfs", base.to_str().expect("utf8")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(std::env::var("FORKPOOL_REQUIRE_TOOLS").as_deref() != Ok("1"), "cannot mount a tmpfs");
+        eprintln!("SKIPPED: cannot mount a small tmpfs here");
+        return;
+    }
+    let _unmount = Unmount(base.clone());
+    let config = base.join("..").join(format!("full-fs-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("allow_raw_commands = true\nwork_root = \"{}\"\n", base.display()))
+        .expect("config");
+    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let mut client = server.client().await;
+    // Use up every inode of the work root.
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let file = base.join(format!("filler-{i}"));
+        if std::fs::write(&file, b"").is_err() {
+            break;
+        }
+        fillers.push(file);
+    }
+    let out = run(&mut client, raw(&["true"])).await;
+    assert_eq!(out.error_code(), Some(tonic::Code::Unavailable), "{out:?}");
+    let message = out.status.as_ref().map(|s| s.message().to_string()).unwrap_or_default();
+    assert!(message.contains("No space left on device"), "{message}");
+    server.assert_no_children();
+    let status = settled_status(&mut client).await;
+    assert_eq!((status.running, status.started_total), (0, 0), "nothing started, nothing held");
+    // Space comes back: jobs run again.
+    for file in fillers {
+        std::fs::remove_file(file).expect("remove filler");
+    }
+    assert_serving(&mut client).await;
+    drop(client);
+    drop(server);
+}
+
+/// Unmounts a test's tmpfs, even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
