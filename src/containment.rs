@@ -174,16 +174,31 @@ impl Containment {
                 sleep(Duration::from_millis(5)).await;
             }
         }
-        if let Some(dir) = container.private_dir {
-            let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err((dir, e)),
-                _ => Ok(()),
-            })
-            .await;
-            if let Ok(Err((dir, e))) = removed {
-                warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");
-            }
+        if let Some(dir) = container.private_dir
+            && let Err(e) = remove_tree(dir.clone()).await
+        {
+            warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");
         }
+    }
+}
+
+/// Removes a job's directory. An empty one (the common case) is a single rmdir; a tree is removed on a
+/// thread of its own, or here if no thread can be had: never through tokio's blocking pool, which panics when
+/// the OS refuses a thread (as it does at a process limit), and that would lose the call's exit status.
+async fn remove_tree(dir: PathBuf) -> io::Result<()> {
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    let (done, removed) = tokio::sync::oneshot::channel();
+    let target = dir.clone();
+    let spawned = std::thread::Builder::new().name("forkpool-rmtree".into()).spawn(move || {
+        let _ = done.send(std::fs::remove_dir_all(&target));
+    });
+    match spawned {
+        Ok(_) => removed.await.unwrap_or(Ok(())),
+        Err(_) => std::fs::remove_dir_all(&dir),
     }
 }
 

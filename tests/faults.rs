@@ -191,3 +191,65 @@ impl Drop for Unmount {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_failing_at_the_process_limit_gives_clear_errors_and_recovers() {
+    // The server runs in a pids cgroup of its own (v1 `pids` on hybrid hosts, else v2 with the controller).
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+    let base = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+        v1.to_path_buf()
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+    };
+    let dir = base.join(format!("forkpool-forkfail-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() || !dir.join("pids.max").exists() {
+        let _ = std::fs::remove_dir(&dir);
+        assert!(std::env::var("FORKPOOL_REQUIRE_CGROUPS").as_deref() != Ok("1"), "no pids controller");
+        eprintln!("SKIPPED: no pids controller to limit the server with");
+        return;
+    }
+    std::fs::write(dir.join("pids.max"), "1000").expect("pids.max");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {BIN} serve --listen 127.0.0.1:0 --allow-raw-commands --workers 8",
+        dir.display()
+    );
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", &script]).env("RUST_LOG", "forkpool=debug,info");
+    let server = TestServer::start_command(command);
+    let client = server.client().await;
+    let tasks: u32 =
+        std::fs::read_to_string(dir.join("pids.current")).expect("pids.current").trim().parse().expect("n");
+    std::fs::write(dir.join("pids.max"), (tasks + 3).to_string()).expect("squeeze pids.max");
+
+    let (mut running, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..8 {
+        let mut c = client.clone();
+        let mut call = OpenCall::open(&mut c, raw(&["sleep", "1000"])).await.expect("accepted");
+        // Each accepted call ends in exactly one way: it starts, or it gets an error status.
+        match call.next().await {
+            Some(_) if call.outcome.pid.is_some() => running.push(call),
+            _ => refused.push(call.outcome.status.clone().expect("an error status, not a silent end")),
+        }
+    }
+    eprintln!("{} running, {} refused: {:?}", running.len(), refused.len(), refused.first());
+    assert!(!running.is_empty() && !refused.is_empty(), "expected the limit to bite");
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("EAGAIN"), "{status:?}");
+    }
+    drop(running);
+    server.assert_no_children();
+    std::fs::write(dir.join("pids.max"), "1000").expect("relax pids.max");
+    let mut fresh = server.client().await;
+    assert_serving(&mut fresh).await;
+    let status = settled_status(&mut fresh).await;
+    assert_eq!(status.started_total, status.finished_total);
+    drop(fresh);
+    drop(client);
+    drop(server);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("pids.current")).is_ok_and(|n| n.trim() == "0")
+    }));
+    let _ = std::fs::remove_dir(dir.join("forkpool"));
+    std::fs::remove_dir(&dir).expect("remove the test's pids cgroup");
+}
