@@ -48,6 +48,9 @@ pub struct Config {
     /// How long an HTTP/2 keepalive ping may go unanswered before the connection (and its jobs) is dropped.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// A new connection must send its HTTP/2 preface within this long, or it is dropped.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
     /// Largest request message accepted (bytes); larger ones get `RESOURCE_EXHAUSTED`.
     #[serde(deserialize_with = "crate::limits::deserialize_size")]
     pub max_message_size: u64,
@@ -139,6 +142,7 @@ impl Default for Config {
             raw_max_timeout: None,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_message_size: 4 << 20,
             max_concurrent_streams: 1000,
             tls_cert: None,
@@ -237,7 +241,7 @@ impl Config {
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return invalid("tls_client_ca needs tls_cert and tls_key".into());
         }
-        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return invalid("keepalive_interval and keepalive_timeout must be positive".into());
         }
         let mut seen = std::collections::BTreeSet::new();

@@ -31,6 +31,7 @@
 //! |---|---|
 //! | [`config`] | config file and flags, the job catalog, request validation |
 //! | [`server`] | wiring: gRPC server, health, reflection, keepalive, shutdown |
+//! | [`handshake`] | a deadline for a new connection's first bytes |
 //! | [`service`] | the tonic service; the only place a `tonic::Status` is built |
 //! | [`auth`] | bearer tokens and what each may run |
 //! | [`pool`] | worker slots and the FIFO queue |
@@ -54,6 +55,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod containment;
+pub mod handshake;
 pub mod job;
 pub mod kill;
 pub mod limits;

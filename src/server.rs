@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::containment::Containment;
+use crate::handshake::HandshakeDeadline;
 use crate::job::Jobs;
 use crate::metrics::{self, Metrics};
 use crate::pb::{self, executor_server::ExecutorServer};
@@ -123,7 +125,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
         println!("forkpool metrics on http://{metrics_addr}/metrics");
     }
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(config.keepalive_interval));
+    let handshake_timeout = config.handshake_timeout;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.keepalive_interval))
+        .map(move |accepted| accepted.map(|stream| HandshakeDeadline::new(stream, handshake_timeout)));
     let stop_transport = CancellationToken::new();
     let message_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let mut builder = tonic::transport::Server::builder().max_concurrent_streams(config.max_concurrent_streams);

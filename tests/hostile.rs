@@ -93,3 +93,36 @@ async fn garbage_and_a_connection_flood_do_not_stop_the_server() {
     drop(flood);
     assert_serving(&mut client).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_trickling_connections_are_dropped_at_the_handshake_deadline() {
+    let config = std::env::temp_dir().join(format!("forkpool-handshake-{}.toml", std::process::id()));
+    std::fs::write(&config, "handshake_timeout = \"1s\"\n").expect("config");
+    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let address = addr(&server);
+    let began = std::time::Instant::now();
+    let silent = TcpStream::connect(&address).expect("connect");
+    // A slowloris: one byte of the preface every 300 ms.
+    let mut trickle = TcpStream::connect(&address).expect("connect");
+    let trickler = std::thread::spawn(move || {
+        for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            if trickle.write_all(&[*byte]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    });
+    let closed = |mut stream: &TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut sink = Vec::new();
+        !matches!(stream.read_to_end(&mut sink), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    };
+    assert!(closed(&silent), "a silent connection was kept");
+    let waited = began.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "dropped after {waited:?}");
+    assert!(trickler.join().expect("trickler"), "a trickling connection was kept past the deadline");
+    // Real clients are unaffected.
+    let mut client = server.client().await;
+    assert_serving(&mut client).await;
+}
