@@ -65,11 +65,7 @@ impl Tokens {
     /// Parses token-file text.
     pub fn parse(text: &str) -> Result<Tokens, String> {
         let mut tokens = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for (n, line) in token_lines(text) {
             let mut parts = line.split_whitespace();
             let token = parts.next().unwrap_or_default();
             if token.len() < 16 {
@@ -103,6 +99,11 @@ impl Tokens {
         }
         found.ok_or(AuthError::Unknown)
     }
+}
+
+/// The meaningful lines of a token file, with their 0-based numbers: trimmed, without blanks and `#` comments.
+pub fn token_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -271,7 +271,7 @@ impl CgroupTree {
             let Some(owner) = name.strip_prefix("job-").and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
                 continue;
             };
-            if owner != self.server_pid && server_alive(owner) {
+            if owner != self.server_pid && crate::containment::is_live_server(owner) {
                 continue;
             }
             let cgroup = JobCgroup {
@@ -292,11 +292,6 @@ impl CgroupTree {
         }
         cleaned
     }
-}
-
-/// Whether `pid` is a live forkpool server.
-fn server_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "forkpool")
 }
 
 /// Turns on, in `root`, every limit controller its parent offers, and returns those now usable by children

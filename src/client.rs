@@ -93,10 +93,9 @@ pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
 /// Reads the first token of a token file (`TOKEN [jobs]` lines, `#` comments).
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().next())
+    crate::auth::token_lines(&text)
+        .next()
+        .and_then(|(_, line)| line.split_whitespace().next())
         .map(String::from)
         .with_context(|| format!("no token in {}", path.display()))
 }

@@ -202,6 +202,12 @@ async fn remove_tree(dir: PathBuf) -> io::Result<()> {
     }
 }
 
+/// Whether `pid` is a live forkpool server: leftovers (job cgroups, working directories) of any other pid are
+/// a crashed server's, and are cleaned at start-up.
+pub(crate) fn is_live_server(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "forkpool")
+}
+
 /// Waits for the reaper to record an orphan, or 5 ms.
 async fn wait_for_reaps(reaps: &JobReaps) {
     tokio::select! {

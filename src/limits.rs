@@ -20,7 +20,7 @@ pub struct Limits {
     /// Processes (and threads, in cgroup mode).
     pub processes: Option<u64>,
     /// CPU time (`RLIMIT_CPU`), whole seconds.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::config::optional_duration")]
     pub cpu_time: Option<Duration>,
     /// Open files (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,
@@ -113,11 +113,6 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 /// Deserializes a required size (`"4MiB"` or a number of bytes).
 pub(crate) fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     size(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    crate::config::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

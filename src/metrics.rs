@@ -51,6 +51,7 @@ pub struct Metrics {
     pub cgroups_populated_after_end: Counter,
     running: Gauge,
     queued: Gauge,
+    registry: Registry,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -60,7 +61,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 impl Metrics {
     /// Fresh metrics; `orphans_reaped` is the reaper's counter.
     pub fn new(orphans_reaped: Counter) -> Self {
-        Metrics {
+        let mut metrics = Metrics {
             started: Counter::default(),
             finished: Counter::default(),
             finished_by_reason: Family::default(),
@@ -74,7 +75,10 @@ impl Metrics {
             cgroups_populated_after_end: Counter::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
-        }
+            registry: Registry::default(),
+        };
+        metrics.registry = metrics.register();
+        metrics
     }
 
     /// Counts a finished job.
@@ -94,7 +98,8 @@ impl Metrics {
         histogram.observe(d.as_secs_f64());
     }
 
-    fn registry(&self) -> Registry {
+    /// The registry of every metric (each registered value shares its state with the field).
+    fn register(&self) -> Registry {
         let mut r = Registry::with_prefix("forkpool");
         r.register("jobs_started", "Jobs whose worker was spawned", self.started.clone());
         r.register("jobs_finished", "Started jobs that ended, by reason", self.finished_by_reason.clone());
@@ -127,7 +132,7 @@ impl Metrics {
         self.running.set(i64::try_from(running).unwrap_or(i64::MAX));
         self.queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
         let mut text = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry()) {
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             warn!(error = %e, "cannot encode metrics");
         }
         text

@@ -21,8 +21,7 @@ impl WorkRoot {
         let own = std::process::id();
         for entry in std::fs::read_dir(base)?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "forkpool");
-            if pid == own || !alive {
+            if pid == own || !i32::try_from(pid).is_ok_and(crate::containment::is_live_server) {
                 match std::fs::remove_dir_all(entry.path()) {
                     Ok(()) => {
                         info!(path = %entry.path().display(), "removed working directories left by a crashed server")
