@@ -180,13 +180,10 @@ async fn copy_until_blackhole(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_that_vanishes_silently_is_noticed_by_keepalive() {
-    let config = std::env::temp_dir().join(format!("forkpool-keepalive-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
+    let server = TestServer::with_config(
         "allow_raw_commands = true\nkeepalive_interval = \"500ms\"\nkeepalive_timeout = \"500ms\"\n",
-    )
-    .expect("write config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+        &[],
+    );
     let relay = Relay::start(&server.url).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", relay.addr))
         .expect("url")
@@ -200,7 +197,6 @@ async fn a_peer_that_vanishes_silently_is_noticed_by_keepalive() {
     assert_all_gone(&tree, Duration::from_secs(10));
     eprintln!("silent peer detected and job killed after {:?}", began.elapsed());
     std::mem::forget(call); // the client side never learns anything either
-    let _ = std::fs::remove_file(config);
 }
 
 #[tokio::test(flavor = "multi_thread")]

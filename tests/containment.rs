@@ -353,13 +353,8 @@ async fn in_a_delegated_cgroup_the_server_moves_into_a_leaf_and_jobs_go_beside_i
     let name = format!("forkpool-delegated-{}", std::process::id());
     let delegated = unified.join(&name);
     std::fs::create_dir_all(&delegated).expect("create the delegated cgroup");
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {BIN} serve --listen 127.0.0.1:0 --allow-raw-commands",
-        delegated.display()
-    );
-    let mut command = std::process::Command::new("sh");
-    command.args(["-c", &script]).env("RUST_LOG", "forkpool=debug,info");
-    let server = TestServer::start_command(command);
+    let server =
+        TestServer::start_in_shell(&format!("echo $$ > {}/cgroup.procs", delegated.display()), "--allow-raw-commands");
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid)).expect("server cgroup");
     assert!(own.lines().any(|l| l == format!("0::/{name}/server")), "the server is not in the leaf: {own}");
     let mut client = server.client().await;

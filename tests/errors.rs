@@ -200,10 +200,10 @@ async fn draining_refuses_new_and_queued_calls_with_unavailable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_durations_are_handled_not_overflowed() {
-    let config = std::env::temp_dir().join(format!("forkpool-huge-{}.toml", std::process::id()));
-    std::fs::write(&config, "allow_raw_commands = true\ndefault_kill_grace = \"500ms\"\nmax_kill_grace = \"1s\"\n")
-        .expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server = TestServer::with_config(
+        "allow_raw_commands = true\ndefault_kill_grace = \"500ms\"\nmax_kill_grace = \"1s\"\n",
+        &[],
+    );
     let mut client = server.client().await;
     let huge = Some(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 });
     let mut start = raw(&["echo", "survived"]);

@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn rss_kib(pid: i32) -> u64 {
-    status_field(pid, "VmRSS").and_then(|v| v.trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_reads_holds_memory_flat_and_cancel_kills_its_flood() {
     let server = TestServer::start(&["--allow-raw-commands"]);
@@ -36,14 +32,7 @@ async fn a_client_that_never_reads_holds_memory_flat_and_cancel_kills_its_flood(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn running_out_of_fds_gives_clear_errors_and_the_server_recovers() {
-    let mut command = std::process::Command::new("sh");
-    command
-        .args([
-            "-c",
-            &format!("ulimit -n 64 && exec {BIN} serve --listen 127.0.0.1:0 --allow-raw-commands --workers 40"),
-        ])
-        .env("RUST_LOG", "forkpool=debug,info");
-    let server = TestServer::start_command(command);
+    let server = TestServer::start_in_shell("ulimit -n 64", "--allow-raw-commands --workers 40");
     let client = server.client().await;
     // Each running job holds three pipe ends in the server; 30 of them cannot fit in 64 fds.
     let mut opened = Vec::new();
@@ -118,10 +107,8 @@ async fn a_job_cgroup_frozen_underneath_still_dies_on_cancel() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cgroup_tree_removed_underneath_is_made_again() {
     let root = std::path::PathBuf::from(format!("/sys/fs/cgroup/unified/forkpool-removed-{}", std::process::id()));
-    let config = std::env::temp_dir().join(format!("forkpool-removed-{}.toml", std::process::id()));
-    std::fs::write(&config, format!("allow_raw_commands = true\ncgroup_root = \"{}\"\n", root.display()))
-        .expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server =
+        TestServer::with_config(&format!("allow_raw_commands = true\ncgroup_root = \"{}\"\n", root.display()), &[]);
     let mut client = server.client().await;
     if !require_cgroups(&get_status(&mut client).await, "removed cgroup tree") {
         return;
@@ -153,10 +140,8 @@ async fn a_full_working_directory_filesystem_gives_a_clear_error_and_leaks_nothi
         return;
     }
     let _unmount = Unmount(base.clone());
-    let config = base.join("..").join(format!("full-fs-{}.toml", std::process::id()));
-    std::fs::write(&config, format!("allow_raw_commands = true\nwork_root = \"{}\"\n", base.display()))
-        .expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server =
+        TestServer::with_config(&format!("allow_raw_commands = true\nwork_root = \"{}\"\n", base.display()), &[]);
     let mut client = server.client().await;
     // Use up every inode of the work root.
     let mut fillers = Vec::new();
@@ -209,13 +194,8 @@ async fn fork_failing_at_the_process_limit_gives_clear_errors_and_recovers() {
         return;
     }
     std::fs::write(dir.join("pids.max"), "1000").expect("pids.max");
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && exec {BIN} serve --listen 127.0.0.1:0 --allow-raw-commands --workers 8",
-        dir.display()
-    );
-    let mut command = std::process::Command::new("sh");
-    command.args(["-c", &script]).env("RUST_LOG", "forkpool=debug,info");
-    let server = TestServer::start_command(command);
+    let setup = format!("echo $$ > {}/cgroup.procs", dir.display());
+    let server = TestServer::start_in_shell(&setup, "--allow-raw-commands --workers 8");
     let client = server.client().await;
     let tasks: u32 =
         std::fs::read_to_string(dir.join("pids.current")).expect("pids.current").trim().parse().expect("n");

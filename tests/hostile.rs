@@ -15,9 +15,7 @@ fn addr(server: &TestServer) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_message_gets_resource_exhausted_and_the_server_serves_on() {
-    let config = std::env::temp_dir().join(format!("forkpool-hostile-{}.toml", std::process::id()));
-    std::fs::write(&config, "allow_raw_commands = true\nmax_message_size = \"64KiB\"\n").expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server = TestServer::with_config("allow_raw_commands = true\nmax_message_size = \"64KiB\"\n", &[]);
     let mut client = server.client().await;
 
     let big = "x".repeat(100 * 1024);
@@ -39,9 +37,7 @@ async fn an_oversized_message_gets_resource_exhausted_and_the_server_serves_on()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_beyond_the_per_connection_limit_wait_and_others_are_served() {
-    let config = std::env::temp_dir().join(format!("forkpool-streams-{}.toml", std::process::id()));
-    std::fs::write(&config, "allow_raw_commands = true\nworkers = 16\nmax_concurrent_streams = 4\n").expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server = TestServer::with_config("allow_raw_commands = true\nworkers = 16\nmax_concurrent_streams = 4\n", &[]);
     let greedy = server.client().await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -96,9 +92,7 @@ async fn garbage_and_a_connection_flood_do_not_stop_the_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_and_trickling_connections_are_dropped_at_the_handshake_deadline() {
-    let config = std::env::temp_dir().join(format!("forkpool-handshake-{}.toml", std::process::id()));
-    std::fs::write(&config, "handshake_timeout = \"1s\"\n").expect("config");
-    let server = TestServer::start(&["--config", config.to_str().expect("utf8")]);
+    let server = TestServer::with_config("handshake_timeout = \"1s\"\n", &[]);
     let address = addr(&server);
     let began = std::time::Instant::now();
     let silent = TcpStream::connect(&address).expect("connect");

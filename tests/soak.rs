@@ -35,14 +35,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    status_field(pid, "VmRSS").and_then(|v| v.trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
-}
-
 fn threads(pid: i32) -> u64 {
     status_field(pid, "Threads").and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -163,7 +155,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     }
     let mut status_client = server.client().await;
     let _ = settled_status(&mut status_client).await;
-    let (fd_base, rss_base) = (fd_count(pid), rss_kib(pid));
+    let (fd_base, rss_base) = (fds_of(pid).len(), rss_kib(pid));
     eprintln!("soak: {seconds} s, baseline fds {fd_base}, RSS {rss_base} KiB, threads {}", threads(pid));
 
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -196,7 +188,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
         }
         if last_sample.elapsed() > Duration::from_millis(500) {
             peak_rss = peak_rss.max(rss_kib(pid));
-            peak_fds = peak_fds.max(fd_count(pid));
+            peak_fds = peak_fds.max(fds_of(pid).len());
             peak_threads = peak_threads.max(threads(pid));
             last_sample = Instant::now();
         }
@@ -217,7 +209,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     let cgroups_left = std::fs::read_dir("/sys/fs/cgroup/unified/forkpool")
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("job-{pid}-"))).count())
         .unwrap_or(0);
-    let (fd_end, rss_end) = (fd_count(pid), rss_kib(pid));
+    let (fd_end, rss_end) = (fds_of(pid).len(), rss_kib(pid));
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let cancelled = t(&tally.cancelled) + t(&tally.killed_clients);
     eprintln!(

@@ -35,6 +35,28 @@ impl TestServer {
         Self::start_command(command)
     }
 
+    /// Starts `forkpool serve --config FILE ARGS...` with `toml` written to a fresh FILE.
+    pub fn with_config(toml: &str, args: &[&str]) -> TestServer {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("config-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write the config");
+        let path = path.to_str().expect("utf8 path").to_string();
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(args);
+        Self::start(&all)
+    }
+
+    /// Starts `forkpool serve --listen 127.0.0.1:0 ARGS` from `sh -c '<setup> && exec ...'`, so the server
+    /// inherits what `setup` arranged (a ulimit, a cgroup it moved the shell into). `pid` is the server's.
+    pub fn start_in_shell(setup: &str, args: &str) -> TestServer {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("{setup} && exec {BIN} serve --listen 127.0.0.1:0 {args}")])
+            .env("RUST_LOG", "forkpool=debug,info");
+        Self::start_command(command)
+    }
+
     /// Starts the server with `command` (which must run `forkpool serve --listen 127.0.0.1:0 ...`, possibly
     /// through a wrapper); `pid` is then the wrapper's pid until [`TestServer::use_pid`] says otherwise.
     pub fn start_command(mut command: Command) -> TestServer {
@@ -417,6 +439,11 @@ pub async fn run(client: &mut ExecutorClient<Channel>, start: pb::StartJob) -> O
         }
         Err(status) => Outcome { status: Some(status), ..Default::default() },
     }
+}
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    status_field(pid, "VmRSS").and_then(|v| v.trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
 }
 
 /// The worker's stdio, signal state and identity, from `/proc`.
