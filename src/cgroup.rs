@@ -1,11 +1,19 @@
 //! Per-job cgroups: the strong containment mode.
 //!
 //! Process groups are not enough: a job that calls `setsid` or double-forks leaves its group. In cgroup mode
-//! every job gets its own cgroup v2 directory (`job-<server pid>-<job id>` under the tree's root), which the
-//! worker joins between clone and exec, so everything it ever starts is inside. Ending a job writes
-//! `cgroup.kill` (or freezes and SIGKILLs on kernels without it), waits for `cgroup.events` to say
-//! `populated 0`, and removes the directory. At start-up, job cgroups of a server that is gone (or of an
-//! earlier incarnation of this pid) are killed and removed.
+//! every job gets its own cgroup v2 directory, which the worker is born into (or joins between clone and
+//! exec), so everything it ever starts is inside. Ending a job writes `cgroup.kill` (or freezes and SIGKILLs
+//! on kernels without it), waits for `cgroup.events` to say `populated 0`, and removes the directory.
+//!
+//! The tree: `<root>/instance-<pid>-<nonce>/job-<job id>`. Each server process makes its own instance
+//! cgroup and holds an exclusive `flock` on it for as long as it lives, so "is the server that made this
+//! alive?" is answered by the kernel, whatever the binary is called and however many servers share the root
+//! (two PID-1 servers of different containers have the same pid). The guardian kills the whole instance with
+//! one write when the server dies; at start-up, instances whose lock can be taken are a dead server's: they
+//! are killed and removed.
+//!
+//! Only cgroups inside the server's own are configured: in a delegated cgroup (systemd `Delegate=yes`, a
+//! container) the parent's `cgroup.subtree_control` belongs to whoever delegated it.
 //!
 //! Limits use the v2 controllers enabled for the tree. On hybrid hosts (v2 mounted at
 //! `/sys/fs/cgroup/unified`, controllers still bound to v1) the memory, pids and cpu limits use the v1
@@ -13,7 +21,9 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -41,15 +51,23 @@ impl Controller {
 }
 
 /// Where job cgroups live, and how limits are applied.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CgroupTree {
-    /// The v2 directory holding the job cgroups.
+    /// The v2 directory holding the servers' instance cgroups.
     root: PathBuf,
+    /// This server's instance cgroup: every job cgroup is inside.
+    instance: PathBuf,
+    /// The instance's name, also used in the v1 hierarchies.
+    instance_name: String,
+    /// The open instance directory with our exclusive `flock` on it: the proof that this server is alive.
+    lock: Mutex<Option<OwnedFd>>,
+    /// The cgroups above the instance whose `subtree_control` this server may write (its own).
+    configurable: Vec<PathBuf>,
     /// Controllers usable in job cgroups of the v2 tree.
     v2: BTreeSet<&'static str>,
-    /// v1 hierarchies standing in for controllers the v2 tree lacks: (controller, directory for jobs).
+    /// v1 hierarchies standing in for controllers the v2 tree lacks: (controller, directory holding the
+    /// instances there).
     v1: Vec<(Controller, PathBuf)>,
-    server_pid: i32,
 }
 
 /// One job's cgroup.
@@ -58,6 +76,7 @@ pub struct JobCgroup {
     name: String,
     v2: PathBuf,
     v1: Vec<(Controller, PathBuf)>,
+    /// The v2 memory controller is enabled for it (`memory.events`, `memory.peak`).
     v2_memory: bool,
 }
 
@@ -99,13 +118,27 @@ fn own_cgroups() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Moves this whole process into cgroup `leaf` (created if needed).
-fn move_into_leaf(leaf: &Path) -> io::Result<()> {
+/// Moves this whole process, and `companions` (the guardian), into cgroup `leaf` (created if needed).
+fn move_into_leaf(leaf: &Path, companions: &[i32]) -> io::Result<()> {
     match std::fs::create_dir(leaf) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
-    write(&leaf.join("cgroup.procs"), &std::process::id().to_string())
+    for pid in companions.iter().copied().chain(std::iter::once(std::process::id() as i32)) {
+        write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Opens `dir` and takes an exclusive `flock` on it without waiting; `None` if another process holds it.
+fn try_lock(dir: &Path) -> io::Result<Option<OwnedFd>> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn probe_writable(dir: &Path, server_pid: i32) -> io::Result<()> {
@@ -119,27 +152,30 @@ fn probe_writable(dir: &Path, server_pid: i32) -> io::Result<()> {
 impl CgroupTree {
     /// Finds a writable cgroup v2 tree for job cgroups: `configured` if given, else `forkpool/` under this
     /// process's cgroup when that is the hierarchy root, else this process's (delegated) cgroup itself, after
-    /// moving the server into its `server` leaf.
-    pub fn discover(configured: Option<&Path>) -> Result<CgroupTree, String> {
+    /// moving the server (and `companions`, the guardian) into its `server` leaf. Kills and removes the
+    /// instances of dead servers there, then makes and locks this server's own instance.
+    pub async fn discover(configured: Option<&Path>, companions: &[i32], instance: &str) -> Result<CgroupTree, String> {
         let server_pid = std::process::id() as i32;
         let (v2_mount, v1_mounts) = mounts();
         let own = own_cgroups();
-        let root = match configured {
-            Some(root) => root.to_path_buf(),
+        let (root, configurable) = match configured {
+            // The operator's choice: its parent is theirs to configure.
+            Some(root) => (root.to_path_buf(), vec![root.to_path_buf()]),
             None => {
                 let mount = v2_mount.ok_or("no cgroup v2 hierarchy is mounted")?;
                 let path = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.clone()).unwrap_or_default();
                 let own_dir = mount.join(path.trim_start_matches('/'));
                 if own_dir == mount {
-                    own_dir.join("forkpool")
+                    // The server is in the hierarchy's root cgroup: that one is its own to configure.
+                    (own_dir.join("forkpool"), vec![own_dir.clone(), own_dir.join("forkpool")])
                 } else {
                     // A delegated cgroup (systemd `Delegate=yes`, a container): cgroup v2 lets a cgroup with
                     // processes enable no controllers for its children, so the server moves itself into a
                     // leaf first and its jobs get cgroups beside it.
-                    if let Err(e) = move_into_leaf(&own_dir.join("server")) {
+                    if let Err(e) = move_into_leaf(&own_dir.join("server"), companions) {
                         warn!(error = %e, "cannot move the server into a leaf of its cgroup; jobs may get no limits");
                     }
-                    own_dir
+                    (own_dir.clone(), vec![own_dir])
                 }
             }
         };
@@ -147,10 +183,10 @@ impl CgroupTree {
         if !root.join("cgroup.procs").exists() {
             return Err(format!("{} is not a cgroup v2 directory", root.display()));
         }
-        let v2 = enable_controllers(&root);
         let mut v1 = Vec::new();
+        let offered = enable_controllers(&configurable);
         for controller in Controller::ALL {
-            if v2.contains(controller.name()) {
+            if offered.contains(controller.name()) {
                 continue;
             }
             let mount = v1_mounts.iter().find(|(option, _)| option == controller.name());
@@ -163,7 +199,47 @@ impl CgroupTree {
                 }
             }
         }
-        Ok(CgroupTree { root, v2, v1, server_pid })
+        let name = instance.to_string();
+        let mut tree = CgroupTree {
+            instance: root.join(&name),
+            instance_name: name,
+            root,
+            lock: Mutex::new(None),
+            configurable,
+            v2: BTreeSet::new(),
+            v1,
+        };
+        let cleaned = tree.clean_leftovers().await;
+        if cleaned > 0 {
+            info!(cleaned, "removed job cgroups left by crashed servers");
+        }
+        tree.v2 = tree.make_instance().map_err(|e| format!("cannot make {}: {e}", tree.instance.display()))?;
+        Ok(tree)
+    }
+
+    /// Makes (or makes again) the instance cgroup, locks it and enables the limit controllers in it; returns
+    /// the controllers job cgroups get.
+    fn make_instance(&self) -> io::Result<BTreeSet<&'static str>> {
+        std::fs::create_dir_all(&self.instance)?;
+        for (_, root) in &self.v1 {
+            std::fs::create_dir_all(root.join(&self.instance_name))?;
+        }
+        let lock = try_lock(&self.instance)?
+            .ok_or_else(|| io::Error::other("another server holds the lock of this server's own instance"))?;
+        *self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+        let mut dirs = self.configurable.clone();
+        dirs.push(self.instance.clone());
+        Ok(enable_controllers(&dirs))
+    }
+
+    /// This server's instance cgroup, which the guardian kills if the server dies.
+    pub fn instance(&self) -> &Path {
+        &self.instance
+    }
+
+    /// This server's instance directories in the v1 hierarchies (hybrid hosts).
+    pub fn v1_instances(&self) -> Vec<PathBuf> {
+        self.v1.iter().map(|(_, root)| root.join(&self.instance_name)).collect()
     }
 
     /// One line for logs and `GetStatus`.
@@ -171,7 +247,7 @@ impl CgroupTree {
         let mut controllers: Vec<String> = self.v2.iter().map(|c| format!("{c} (v2)")).collect();
         controllers.extend(self.v1.iter().map(|(c, _)| format!("{} (v1)", c.name())));
         let controllers = if controllers.is_empty() { "none".to_string() } else { controllers.join(", ") };
-        format!("cgroup v2 at {}; limit controllers: {controllers}", self.root.display())
+        format!("cgroup v2 at {}; limit controllers: {controllers}", self.instance.display())
     }
 
     /// Whether memory limits are enforced by a cgroup (else `RLIMIT_AS`).
@@ -179,29 +255,20 @@ impl CgroupTree {
         self.v2.contains(limit) || self.v1.iter().any(|(c, _)| c.name() == limit)
     }
 
-    /// The name of a job's cgroup: unique per server process, so concurrent servers never collide.
-    pub fn job_name(&self, job_id: &str) -> String {
-        format!("job-{}-{job_id}", self.server_pid)
-    }
-
     /// Creates a job's cgroup with its limits.
     pub fn create(&self, job_id: &str, limits: &Limits) -> io::Result<JobCgroup> {
-        let name = self.job_name(job_id);
-        let v2 = self.root.join(&name);
+        let name = format!("job-{job_id}");
+        let v2 = self.instance.join(&name);
         if let Err(e) = std::fs::create_dir(&v2) {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(e);
             }
-            // The tree was removed underneath the server: make it again, once.
-            warn!(root = %self.root.display(), "the job cgroup tree is gone; recreating it");
-            std::fs::create_dir_all(&self.root)?;
-            enable_controllers(&self.root);
-            for (_, root) in &self.v1 {
-                std::fs::create_dir_all(root)?;
-            }
+            // The tree was removed underneath the server: make it again (and lock it again), once.
+            warn!(instance = %self.instance.display(), "the job cgroup tree is gone; recreating it");
+            self.make_instance()?;
             std::fs::create_dir(&v2)?;
         }
-        let mut cgroup = JobCgroup { name, v2, v1: Vec::new(), v2_memory: false };
+        let mut cgroup = JobCgroup { name, v2, v1: Vec::new(), v2_memory: self.v2.contains("memory") };
         // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
         let result = self.apply_limits(&mut cgroup, limits);
         if result.is_err() {
@@ -214,7 +281,8 @@ impl CgroupTree {
         let quota = limits.cpu.map(|cores| ((cores * 100_000.0) as u64).max(1000));
         for controller in Controller::ALL {
             let wanted = match controller {
-                Controller::Memory => limits.memory.is_some(),
+                // Always, for the job's peak memory (`max_rss_bytes`), limited or not.
+                Controller::Memory => true,
                 Controller::Pids => limits.processes.is_some(),
                 Controller::Cpu => quota.is_some(),
             };
@@ -225,10 +293,11 @@ impl CgroupTree {
                 let dir = &cgroup.v2;
                 match controller {
                     Controller::Memory => {
-                        write(&dir.join("memory.max"), &limits.memory.unwrap_or_default().to_string())?;
-                        // No swap: a job over its memory is OOM-killed, not slowed to a crawl.
-                        let _ = write(&dir.join("memory.swap.max"), "0");
-                        cgroup.v2_memory = true;
+                        if let Some(bytes) = limits.memory {
+                            write(&dir.join("memory.max"), &bytes.to_string())?;
+                            // No swap: a job over its memory is OOM-killed, not slowed to a crawl.
+                            let _ = write(&dir.join("memory.swap.max"), "0");
+                        }
                     }
                     Controller::Pids => {
                         write(&dir.join("pids.max"), &limits.processes.unwrap_or_default().to_string())?
@@ -236,16 +305,23 @@ impl CgroupTree {
                     Controller::Cpu => write(&dir.join("cpu.max"), &format!("{} 100000", quota.unwrap_or_default()))?,
                 }
             } else if let Some((_, root)) = self.v1.iter().find(|(c, _)| *c == controller) {
-                let dir = root.join(&cgroup.name);
-                std::fs::create_dir(&dir)?;
+                let dir = root.join(&self.instance_name).join(&cgroup.name);
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    std::fs::create_dir_all(&dir)?;
+                }
                 cgroup.v1.push((controller, dir.clone()));
                 match controller {
                     Controller::Memory => {
-                        let bytes = limits.memory.unwrap_or_default().to_string();
-                        write(&dir.join("memory.limit_in_bytes"), &bytes)?;
-                        let memsw = dir.join("memory.memsw.limit_in_bytes");
-                        if memsw.exists() {
-                            let _ = write(&memsw, &bytes);
+                        if let Some(bytes) = limits.memory {
+                            let bytes = bytes.to_string();
+                            write(&dir.join("memory.limit_in_bytes"), &bytes)?;
+                            let memsw = dir.join("memory.memsw.limit_in_bytes");
+                            if memsw.exists() {
+                                let _ = write(&memsw, &bytes);
+                            }
                         }
                     }
                     Controller::Pids => {
@@ -261,50 +337,81 @@ impl CgroupTree {
         Ok(())
     }
 
-    /// Kills and removes job cgroups left by servers that are gone (a crash), including an earlier
-    /// incarnation of this pid (PID 1 in a container). Returns how many were cleaned.
-    pub async fn clean_leftovers(&self) -> usize {
+    /// Kills and removes the instances of servers that are gone (a crash): those whose lock can be taken.
+    /// Returns how many job cgroups were cleaned.
+    async fn clean_leftovers(&self) -> usize {
         let mut cleaned = 0;
         let Ok(entries) = std::fs::read_dir(&self.root) else { return 0 };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(owner) = name.strip_prefix("job-").and_then(|r| r.split('-').next()?.parse::<i32>().ok()) else {
-                continue;
-            };
-            if owner != self.server_pid && crate::containment::is_live_server(owner) {
+            if !name.starts_with("instance-") || name == self.instance_name {
                 continue;
             }
-            let cgroup = JobCgroup {
-                v2: entry.path(),
-                v1: self.v1.iter().map(|(c, root)| (*c, root.join(&name))).filter(|(_, d)| d.exists()).collect(),
-                name,
-                v2_memory: false,
-            };
-            let pids = cgroup.pids();
-            let emptied = cgroup.kill_and_wait(Duration::from_secs(5)).await;
-            match cgroup.remove() {
-                Ok(()) if emptied => {
-                    info!(cgroup = %cgroup.name, killed = pids.len(), "removed a job cgroup left by a crashed server");
-                    cleaned += 1;
+            // Held while cleaning, so two servers starting together do not both clean it.
+            let _lock = match try_lock(&entry.path()) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(instance = %entry.path().display(), error = %e, "cannot check a server's instance");
+                    continue;
                 }
-                result => warn!(cgroup = %cgroup.name, ?result, emptied, "cannot clean a leftover job cgroup"),
+            };
+            let instance = JobCgroup { name: name.clone(), v2: entry.path(), v1: Vec::new(), v2_memory: false };
+            let emptied = instance.kill_and_wait(Duration::from_secs(5)).await;
+            let jobs: Vec<PathBuf> = std::fs::read_dir(entry.path())
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            for job in &jobs {
+                match std::fs::remove_dir(job) {
+                    Ok(()) => {
+                        info!(cgroup = %job.display(), emptied, "removed a job cgroup left by a crashed server");
+                        cleaned += 1;
+                    }
+                    Err(e) => warn!(cgroup = %job.display(), error = %e, "cannot remove a leftover job cgroup"),
+                }
+            }
+            let _ = std::fs::remove_dir(entry.path());
+        }
+        // v1 instances whose v2 instance is gone (the guardian removes only the v2 tree): empty by now.
+        for (_, root) in &self.v1 {
+            let Ok(entries) = std::fs::read_dir(root) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("instance-") && name != self.instance_name && !self.root.join(&name).exists() {
+                    if let Ok(jobs) = std::fs::read_dir(entry.path()) {
+                        for job in jobs.flatten() {
+                            let _ = std::fs::remove_dir(job.path());
+                        }
+                    }
+                    let _ = std::fs::remove_dir(entry.path());
+                }
             }
         }
         cleaned
     }
+
+    /// Removes this server's instance cgroups (at a clean exit, once every job cgroup is gone).
+    pub fn remove_instance(&self) {
+        for (_, root) in &self.v1 {
+            let _ = std::fs::remove_dir(root.join(&self.instance_name));
+        }
+        let _ = std::fs::remove_dir(&self.instance);
+    }
 }
 
-/// Turns on, in `root`, every limit controller its parent offers, and returns those now usable by children
-/// of `root`. Moving processes is never needed: a fresh `root` has none, and a delegated one with
-/// processes simply gets none enabled (then limits fall back to v1 or rlimits).
-fn enable_controllers(root: &Path) -> BTreeSet<&'static str> {
-    let parent = root.parent().unwrap_or(root);
-    for controller in Controller::ALL {
-        // The parent must pass the controller down to `root` before `root` can pass it to jobs.
-        let _ = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{}", controller.name()));
-        let _ = std::fs::write(root.join("cgroup.subtree_control"), format!("+{}", controller.name()));
+/// Turns on the limit controllers in each of `dirs`' `cgroup.subtree_control`, top-down (a cgroup can pass
+/// on only what its parent passed to it), and returns those then usable by children of the last. Only the
+/// server's own cgroups are ever given here: never the parent of a delegated cgroup. Moving processes is
+/// never needed: a fresh directory has none, and a delegated one with processes simply gets none enabled
+/// (then limits fall back to v1 or rlimits).
+fn enable_controllers(dirs: &[PathBuf]) -> BTreeSet<&'static str> {
+    for dir in dirs {
+        for controller in Controller::ALL {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{}", controller.name()));
+        }
     }
-    let enabled = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+    let Some(last) = dirs.last() else { return BTreeSet::new() };
+    let enabled = std::fs::read_to_string(last.join("cgroup.subtree_control")).unwrap_or_default();
     Controller::ALL.iter().map(|c| c.name()).filter(|c| enabled.split_whitespace().any(|e| e == *c)).collect()
 }
 
@@ -374,6 +481,19 @@ impl JobCgroup {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The job's peak memory (the whole tree's, page cache included): v2 `memory.peak` (Linux 5.19+) or v1
+    /// `memory.max_usage_in_bytes`. `None` where neither is available.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let read = |path: PathBuf| std::fs::read_to_string(path).ok()?.trim().parse().ok();
+        if self.v2_memory
+            && let Some(peak) = read(self.v2.join("memory.peak"))
+        {
+            return Some(peak);
+        }
+        let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
+        read(dir.join("memory.max_usage_in_bytes"))
     }
 
     /// OOM kills inside the job's cgroup so far.

@@ -142,40 +142,48 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let show_queue = std::io::stderr().is_terminal();
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
+    // Created once, before the first event: a SIGINT that arrives while output is being written (even into
+    // a pipe nobody reads) is kept and seen, never lost between two waits.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
-        let message = tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+        let step = async {
+            let event = match responses.message().await {
+                Ok(Some(pb::ExecuteResponse { event: Some(event) })) => event,
+                Ok(Some(_)) => return Ok(None),
+                Ok(None) => bail!("the server ended the call without an exit status"),
+                Err(status) => return Err(call_failed(status)),
+            };
+            match event {
+                Event::Queued(q) if show_queue => eprint!("\rforkpool: queued, position {}   ", q.position),
+                Event::Queued(_) => {}
+                Event::Started(_) if show_queue => eprint!("\r\x1b[K"),
+                Event::Started(_) => {}
+                Event::Stdout(bytes) => {
+                    stdout.write_all(&bytes).await?;
+                    stdout.flush().await?;
+                }
+                Event::Stderr(bytes) => {
+                    stderr.write_all(&bytes).await?;
+                    stderr.flush().await?;
+                }
+                Event::Exited(exited) => {
+                    return Ok(Some(match exited.status {
+                        Some(pb::exited::Status::Code(code)) => code,
+                        Some(pb::exited::Status::Signal(signal)) => 128 + signal,
+                        None => EXIT_CALL_FAILED,
+                    }));
+                }
+            }
+            Ok(None)
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {
                 eprintln!("\nforkpool: interrupted; the job is cancelled");
                 return Ok(EXIT_INTERRUPTED);
             }
-            message = responses.message() => message,
-        };
-        let event = match message {
-            Ok(Some(pb::ExecuteResponse { event: Some(event) })) => event,
-            Ok(Some(_)) => continue,
-            Ok(None) => bail!("the server ended the call without an exit status"),
-            Err(status) => return Err(call_failed(status)),
-        };
-        match event {
-            Event::Queued(q) if show_queue => eprint!("\rforkpool: queued, position {}   ", q.position),
-            Event::Queued(_) => {}
-            Event::Started(_) if show_queue => eprint!("\r\x1b[K"),
-            Event::Started(_) => {}
-            Event::Stdout(bytes) => {
-                stdout.write_all(&bytes).await?;
-                stdout.flush().await?;
-            }
-            Event::Stderr(bytes) => {
-                stderr.write_all(&bytes).await?;
-                stderr.flush().await?;
-            }
-            Event::Exited(exited) => {
-                return Ok(match exited.status {
-                    Some(pb::exited::Status::Code(code)) => code,
-                    Some(pb::exited::Status::Signal(signal)) => 128 + signal,
-                    None => EXIT_CALL_FAILED,
-                });
-            }
+            step = step => if let Some(code) = step? {
+                return Ok(code);
+            },
         }
     }
 }

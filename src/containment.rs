@@ -10,6 +10,7 @@
 //! Guarantees: in cgroup mode every process the job ever started dies with it, whatever it did (`setsid`,
 //! double fork, stopping itself). In fallback mode the same holds for processes in the job's session or
 //! group, or holding its pipes; a process that left the session *and* closed the job's pipes survives.
+//! Should the server die, the [`crate::guardian`] kills the same sets (and the next start cleans up again).
 
 use std::io;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::cgroup::{CgroupTree, JobCgroup};
 use crate::config::{CgroupMode, Config, JobPlan};
+use crate::guardian::Guardian;
 use crate::kill;
 use crate::pb;
 use crate::reaper::{JobReaps, Registry};
@@ -37,6 +39,7 @@ pub struct Containment {
     work_root: WorkRoot,
     registry: Arc<Registry>,
     populated_after_end: prometheus_client::metrics::counter::Counter,
+    guarded: bool,
 }
 
 /// One job's cgroup and working directory.
@@ -54,23 +57,43 @@ impl JobContainer {
     }
 }
 
+/// What is known of a job once everything of it is dead.
+#[derive(Debug, Clone, Copy)]
+pub struct JobEnd {
+    /// The OOM killer killed something in the job.
+    pub oom_killed: bool,
+    /// The job cgroup's peak memory, when there is one.
+    pub memory_peak: Option<u64>,
+}
+
+/// A name for this server process's instance (cgroup, working directories): unique even between servers
+/// with the same pid (PID 1 of two containers sharing a volume).
+fn instance_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("instance-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
 impl Containment {
-    /// Chooses the mode (logging it), cleans what a crashed server left, and prepares the work root.
-    /// `populated_after_end` counts job cgroups that could not be emptied.
+    /// Chooses the mode (logging it), cleans what a crashed server left, prepares the work root and tells the
+    /// guardian (if any) what to kill should the server die. `populated_after_end` counts job cgroups that
+    /// could not be emptied.
     pub async fn start(
         config: &Config,
         registry: Arc<Registry>,
         populated_after_end: prometheus_client::metrics::counter::Counter,
+        guardian: Option<Arc<Guardian>>,
     ) -> io::Result<Containment> {
+        let instance = instance_name();
+        let companions: Vec<i32> = guardian.iter().map(|g| g.pid()).collect();
         let cgroups = match config.cgroups {
             CgroupMode::Off => {
                 info!("containment: process groups (cgroups turned off by configuration)");
                 None
             }
-            CgroupMode::Auto => match CgroupTree::discover(config.cgroup_root.as_deref()) {
+            CgroupMode::Auto => match CgroupTree::discover(config.cgroup_root.as_deref(), &companions, &instance).await
+            {
                 Ok(tree) => {
-                    let cleaned = tree.clean_leftovers().await;
-                    info!(detail = %tree.describe(), cleaned_leftovers = cleaned, "containment: per-job cgroups");
+                    info!(detail = %tree.describe(), "containment: per-job cgroups");
                     Some(tree)
                 }
                 Err(reason) => {
@@ -80,16 +103,47 @@ impl Containment {
                 }
             },
         };
-        let work_root = WorkRoot::prepare(&config.work_root)?;
-        Ok(Containment { cgroups, work_root, registry, populated_after_end })
+        match (&guardian, &cgroups) {
+            (Some(guardian), Some(tree)) => {
+                guardian.watch_cgroup(tree.instance());
+                for dir in tree.v1_instances() {
+                    guardian.watch_v1_dir(&dir);
+                }
+            }
+            (Some(guardian), None) => registry.guard_sessions(Arc::clone(guardian)),
+            (None, _) => warn!("no guardian: if the server crashes, processes of its jobs can outlive it"),
+        }
+        let work_root = WorkRoot::prepare(&config.work_root, &instance)?;
+        Ok(Containment { cgroups, work_root, registry, populated_after_end, guarded: guardian.is_some() })
+    }
+
+    /// Whether workers must announce their sessions to the guardian (fallback mode with a guardian).
+    pub fn sessions_guarded(&self) -> bool {
+        self.guarded && self.cgroups.is_none()
     }
 
     /// The mode for `GetStatus`.
     pub fn mode(&self) -> (pb::ContainmentMode, String) {
+        let guardian = match (self.guarded, self.registry.guardian_died()) {
+            (false, _) => "no guardian: a crash of the server leaves jobs' processes until the next start",
+            (true, true) => "the guardian DIED: a crash of the server leaves jobs' processes until the next start",
+            (true, false) => "a guardian kills them if the server dies",
+        };
         match &self.cgroups {
-            Some(tree) => (pb::ContainmentMode::Cgroup, tree.describe()),
-            None => (pb::ContainmentMode::ProcessGroup, "process groups and subreaper sweeps".into()),
+            Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}", tree.describe())),
+            None => (
+                pb::ContainmentMode::ProcessGroup,
+                format!("process groups and subreaper sweeps; {guardian} (their sessions and groups)"),
+            ),
         }
+    }
+
+    /// Removes this server's instance directories, once every job is over (a clean exit).
+    pub fn close(&self) {
+        if let Some(tree) = &self.cgroups {
+            tree.remove_instance();
+        }
+        self.work_root.remove();
     }
 
     /// Makes the job's cgroup and working directory.
@@ -127,8 +181,7 @@ impl Containment {
     }
 
     /// Kills everything left of the job once its worker is gone and waits (bounded) until it is reaped.
-    /// Returns whether the OOM killer killed anything in the job.
-    pub async fn end(&self, worker: i32, container: &JobContainer, reaps: &JobReaps, pipes: &[u64]) -> bool {
+    pub async fn end(&self, worker: i32, container: &JobContainer, reaps: &JobReaps, pipes: &[u64]) -> JobEnd {
         let give_up = Instant::now() + LEFTOVERS_WAIT;
         match &container.cgroup {
             Some(cgroup) => {
@@ -157,7 +210,17 @@ impl Containment {
         while kill::group_exists(worker) && Instant::now() < give_up {
             wait_for_reaps(reaps).await;
         }
-        container.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0)
+        JobEnd {
+            oom_killed: container.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
+            memory_peak: container.cgroup.as_ref().and_then(JobCgroup::memory_peak),
+        }
+    }
+
+    /// Kills a job's cgroup before its worker is known (a spawn the call gave up on).
+    pub fn kill_early(&self, container: &JobContainer) {
+        if let Some(cgroup) = &container.cgroup {
+            let _ = cgroup.kill();
+        }
     }
 
     /// Removes the job's cgroup and private directory and forgets it in the registry.
@@ -200,12 +263,6 @@ async fn remove_tree(dir: PathBuf) -> io::Result<()> {
         Ok(_) => removed.await.unwrap_or(Ok(())),
         Err(_) => std::fs::remove_dir_all(&dir),
     }
-}
-
-/// Whether `pid` is a live forkpool server: leftovers (job cgroups, working directories) of any other pid are
-/// a crashed server's, and are cleaned at start-up.
-pub(crate) fn is_live_server(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "forkpool")
 }
 
 /// Waits for the reaper to record an orphan, or 5 ms.

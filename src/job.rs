@@ -8,7 +8,14 @@
 //! - the call ends (cancel, disconnect: the response stream's drop guard fires `cancelled`): killed, and
 //!   nobody is left to tell;
 //! - the call's deadline passes: killed, `DEADLINE_EXCEEDED`;
-//! - the client sends something invalid mid-call (a second `start`): killed, `INVALID_ARGUMENT`.
+//! - the client sends something invalid mid-call (a second `start`, a message that does not decode, a
+//!   malformed frame): killed, `INVALID_ARGUMENT` naming the problem;
+//! - the request stream breaks (a transport error): killed, the transport's status (if anyone is left to
+//!   read it).
+//!
+//! A call that ends while its worker is being created cancels the spawn (a spawn stuck before exec is
+//! SIGKILLed), so a hung exec holds only its own call. During a forced shutdown, sends to a client that does
+//! not read are abandoned after a bound, so no client can keep the server from stopping.
 //!
 //! Whatever the way, `exited` (or the error) is sent only after the worker is reaped, the rest of its group
 //! is killed and reaped, and its output is drained.
@@ -27,12 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::config::JobPlan;
-use crate::containment::Containment;
+use crate::containment::{Containment, JobEnd};
 use crate::kill::GroupKiller;
 use crate::output::{self, OutputBudget};
 use crate::pb::{self, execute_response::Event as Ev};
 use crate::pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
-use crate::reaper::{ExitStatus, JobReaps, Registry, WorkerEntry, WorkerExit};
+use crate::reaper::{ExitStatus, JobReaps, Registry, SpawnCancel, SpawnTicket, WorkerEntry, WorkerExit};
 use crate::spawn::{SpawnError, Spawner};
 use crate::supervise::{Ending, Supervisor, sleep_until_or_never};
 
@@ -54,6 +61,10 @@ pub enum JobError {
     /// The call's deadline passed; the job was killed.
     #[error("the call's deadline passed; the job was killed")]
     DeadlineExceeded,
+    /// The request stream failed below gRPC (a transport error); the job was killed. The code is the
+    /// transport's.
+    #[error("the request stream failed: {1} (the job was killed)")]
+    Transport(tonic::Code, String),
     /// The server is shutting down and the call had not started.
     #[error("the server is shutting down; the job did not start")]
     ShuttingDown,
@@ -74,8 +85,12 @@ pub struct Jobs {
     containment: Containment,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Fired late in a forced shutdown: events a client does not read are dropped from then on.
+    abandon: CancellationToken,
     next_id: AtomicU64,
     id_prefix: String,
+    /// Test-only fault: a job task of this catalog job panics (`--inject-panic-on-job`).
+    panic_on_job: Option<String>,
 }
 
 /// One call's inputs, handed over by the service once the `start` request is validated and admitted.
@@ -98,7 +113,8 @@ pub struct Call<S> {
 }
 
 impl Jobs {
-    /// Shared state for all jobs. `shutdown` fires when running jobs must be killed (reason `SHUTDOWN`).
+    /// Shared state for all jobs. `shutdown` fires when running jobs must be killed (reason `SHUTDOWN`);
+    /// `abandon` when, late in a forced shutdown, events nobody reads must be dropped.
     pub fn new(
         pool: Arc<Pool>,
         spawner: Spawner,
@@ -106,6 +122,7 @@ impl Jobs {
         containment: Containment,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        abandon: CancellationToken,
     ) -> Self {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Jobs {
@@ -115,9 +132,17 @@ impl Jobs {
             containment,
             metrics,
             shutdown,
+            abandon,
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", started & 0xff_ffff),
+            panic_on_job: None,
         }
+    }
+
+    /// Test-only fault injection: a job task running catalog job `name` panics (the server aborts; see
+    /// the crash tests).
+    pub fn inject_panic_on_job(&mut self, name: Option<String>) {
+        self.panic_on_job = name;
     }
 
     /// The pool.
@@ -156,7 +181,8 @@ impl Jobs {
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
         let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
-        let span = info_span!("job", job_id = %id, job = %call.plan.name, peer = ?call.peer, pid = field::Empty);
+        let peer = call.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let span = info_span!("job", job_id = %id, job = %call.plan.name, %peer, pid = field::Empty);
         self.run_call(id, call).instrument(span).await;
     }
 
@@ -178,26 +204,51 @@ impl Jobs {
             Ok(container) => container,
             Err(e) => {
                 warn!(error = %e, "cannot prepare the job's containment");
-                return send_last(&events, Err(JobError::Containment(e.to_string()))).await;
+                return self.send_last(&events, Err(JobError::Containment(e.to_string()))).await;
             }
         };
         let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
             Err(e) => {
                 self.containment.release(None, container).await;
-                return send_last(&events, Err(e.into())).await;
+                return self.send_last(&events, Err(e.into())).await;
             }
         };
         let prepared = Instant::now();
+        if self.panic_on_job.as_deref() == Some(plan.name.as_str()) {
+            panic!("injected fault: a panic in the job task of `{}`", plan.name);
+        }
         let reaps = Arc::new(JobReaps::default());
         let (exit_tx, exit_rx) = oneshot::channel();
         let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
-        let spawned = match self.spawner.spawn(command, entry).await {
+        let ticket = Arc::new(SpawnTicket::default());
+        let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
+        tokio::pin!(spawning);
+        let spawned = tokio::select! {
+            biased;
+            spawned = &mut spawning => spawned,
+            ending = early_ending(&cancelled, &self.shutdown, deadline) => {
+                info!(?ending, "the call ended while its worker was being created");
+                match self.registry.cancel_spawn(&ticket) {
+                    SpawnCancel::NotStarted => {
+                        self.containment.release(None, container).await;
+                        return self.report_unstarted(&events, ending).await;
+                    }
+                    // The spawn returns once the child is dead (or has exec'd); the supervisor then ends the
+                    // job as usual, the ending still being in force.
+                    SpawnCancel::Killed => {
+                        self.containment.kill_early(&container);
+                        spawning.await
+                    }
+                }
+            }
+        };
+        let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
                 warn!(error = %e, "spawn failed");
                 self.containment.release(None, container).await;
-                return send_last(&events, Err(e.into())).await;
+                return self.send_last(&events, Err(e.into())).await;
             }
         };
         let started_at = Instant::now();
@@ -212,7 +263,7 @@ impl Jobs {
         tracing::Span::current().record("pid", pid);
         info!(argv = ?plan.argv, "started");
         let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
-        let _ = events.send(Ok(response(started))).await;
+        self.send(&events, Ok(response(started))).await;
 
         // The job's pipes, by inode: how escapers are recognised without cgroups.
         let pipes: Vec<u64> = [&spawned.stdin, &spawned.stdout, &spawned.stderr]
@@ -227,6 +278,7 @@ impl Jobs {
             |b| Ok(response(Ev::Stdout(b))),
             worker_gone.clone(),
             budget.clone(),
+            self.abandon.clone(),
         ));
         let stderr = tokio::spawn(output::pump(
             spawned.stderr,
@@ -234,6 +286,7 @@ impl Jobs {
             |b| Ok(response(Ev::Stderr(b))),
             worker_gone.clone(),
             budget.clone(),
+            self.abandon.clone(),
         ));
         let (stdin_tx, stdin_rx) = mpsc::channel(4);
         let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
@@ -263,14 +316,14 @@ impl Jobs {
         // it and waits until everything is reaped (and recorded). Then the pumps drain what is left.
         worker_gone.cancel();
         stdin.abort();
-        let oom_killed = self.containment.end(pid, &container, &reaps, &pipes).await;
+        let end = self.containment.end(pid, &container, &reaps, &pipes).await;
         if let Some(at) = ending_at {
             Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
         }
         let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
         let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
         let reaped = reaps.take();
-        self.metrics.finished(finish_reason(ending.as_ref(), oom_killed));
+        self.metrics.finished(finish_reason(ending.as_ref(), end.oom_killed));
         debug!(
             end_us = (started_at.elapsed() - wall_time).as_micros() as u64,
             ?stdout_end,
@@ -281,33 +334,45 @@ impl Jobs {
         );
         // Everything of the job is dead, reaped and drained: report now, and remove its cgroup and directory
         // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
-        let report = self.report(&events, exit, ending, oom_killed, wall_time, reaped);
+        let report = self.report(&events, exit, ending, end, spawned.server_peak_rss, wall_time, reaped);
         tokio::join!(report, self.containment.release(Some(pid), container));
         drop(slot);
     }
 
     /// Sends the call's last item for a job that ran: `exited`, or the error its ending calls for.
+    #[allow(clippy::too_many_arguments)]
     async fn report(
         &self,
         events: &mpsc::Sender<Event>,
         exit: Option<WorkerExit>,
         ending: Option<Ending>,
-        oom_killed: bool,
+        end: JobEnd,
+        server_peak_rss: u64,
         wall_time: Duration,
         reaped: Vec<crate::reaper::ReapedOrphan>,
     ) {
-        let Some(exit) = exit else {
-            return send_last(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
+        let Some(mut exit) = exit else {
+            return self.send_last(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
+        };
+        // The job's own peak: its cgroup's where there is one; else `ru_maxrss` when it exceeds what the
+        // server carried across exec; else unknown (0).
+        debug!(ru_maxrss = exit.max_rss_bytes, server_peak_rss, cgroup_peak = ?end.memory_peak, "peak memory");
+        exit.max_rss_bytes = match end.memory_peak {
+            Some(peak) => peak,
+            None if exit.max_rss_bytes > server_peak_rss => exit.max_rss_bytes,
+            None => 0,
         };
         let reason = match &ending {
-            None if oom_killed => pb::ExitReason::MemoryLimit,
+            None if end.oom_killed => pb::ExitReason::MemoryLimit,
             None => pb::ExitReason::Exited,
             Some(Ending::TimedOut) => pb::ExitReason::TimedOut,
             Some(Ending::Shutdown) => pb::ExitReason::Shutdown,
             Some(Ending::OutputLimit) => pb::ExitReason::OutputLimit,
-            Some(Ending::Cancelled) | Some(Ending::Deadline) | Some(Ending::Invalid(_)) | Some(Ending::TooLarge(_)) => {
-                pb::ExitReason::Unspecified
-            }
+            Some(Ending::Cancelled)
+            | Some(Ending::Deadline)
+            | Some(Ending::Invalid(_))
+            | Some(Ending::TooLarge(_))
+            | Some(Ending::Transport(..)) => pb::ExitReason::Unspecified,
         };
         info!(
             status = ?exit.status,
@@ -325,16 +390,21 @@ impl Jobs {
             }
             Some(Ending::Deadline) => {
                 self.metrics.cancelled.inc();
-                send_last(events, Err(JobError::DeadlineExceeded)).await;
+                self.send_last(events, Err(JobError::DeadlineExceeded)).await;
             }
-            Some(Ending::Invalid(message)) => send_last(events, Err(JobError::InvalidRequest(message))).await,
-            Some(Ending::TooLarge(message)) => send_last(events, Err(JobError::MessageTooLarge(message))).await,
+            // The client's stream broke: counted as a call its client ended; told, if anyone still listens.
+            Some(Ending::Transport(code, message)) => {
+                self.metrics.cancelled.inc();
+                self.send_last(events, Err(JobError::Transport(code, message))).await;
+            }
+            Some(Ending::Invalid(message)) => self.send_last(events, Err(JobError::InvalidRequest(message))).await,
+            Some(Ending::TooLarge(message)) => self.send_last(events, Err(JobError::MessageTooLarge(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     self.metrics.timed_out.inc();
                 }
                 let exited = exited_event(&exit, reason, wall_time, reaped);
-                send_last(events, Ok(response(Ev::Exited(exited)))).await;
+                self.send_last(events, Ok(response(Ev::Exited(exited)))).await;
             }
         }
     }
@@ -348,7 +418,7 @@ impl Jobs {
         cancelled: &CancellationToken,
         deadline: Option<Instant>,
     ) -> Option<Slot> {
-        let _ = events.send(Ok(response(Ev::Queued(pb::Queued { position: ticket.position() })))).await;
+        self.send(events, Ok(response(Ev::Queued(pb::Queued { position: ticket.position() })))).await;
         let mut deadline = sleep_until_or_never(deadline);
         loop {
             tokio::select! {
@@ -361,22 +431,70 @@ impl Jobs {
                 () = &mut deadline => {
                     self.metrics.cancelled.inc();
                     info!("deadline passed while queued");
-                    send_last(events, Err(JobError::DeadlineExceeded)).await;
+                    self.send_last(events, Err(JobError::DeadlineExceeded)).await;
                     return None;
                 }
                 event = ticket.next_event() => match event {
                     QueueEvent::Granted(slot) => return Some(slot),
                     QueueEvent::Moved(position) => {
-                        let _ = events.send(Ok(response(Ev::Queued(pb::Queued { position })))).await;
+                        self.send(events, Ok(response(Ev::Queued(pb::Queued { position })))).await;
                     }
                     QueueEvent::Closed => {
                         self.metrics.rejected("draining");
-                        send_last(events, Err(JobError::ShuttingDown)).await;
+                        self.send_last(events, Err(JobError::ShuttingDown)).await;
                         return None;
                     }
                 },
             }
         }
+    }
+}
+
+impl Jobs {
+    /// Reports a call whose spawn was cancelled before it began: nothing ran.
+    async fn report_unstarted(&self, events: &mpsc::Sender<Event>, ending: Ending) {
+        match ending {
+            Ending::Deadline => {
+                self.metrics.cancelled.inc();
+                self.send_last(events, Err(JobError::DeadlineExceeded)).await;
+            }
+            Ending::Shutdown => {
+                self.metrics.rejected("draining");
+                self.send_last(events, Err(JobError::ShuttingDown)).await;
+            }
+            _ => {
+                self.metrics.cancelled.inc();
+            }
+        }
+    }
+
+    /// Sends an event, unless the client does not read it before a forced shutdown abandons it.
+    async fn send(&self, events: &mpsc::Sender<Event>, event: Event) {
+        tokio::select! {
+            _ = events.send(event) => {}
+            () = self.abandon.cancelled() => {}
+        }
+    }
+
+    /// Sends the call's last item. If the client is gone there is nobody to tell; if it does not read, a
+    /// forced shutdown abandons it.
+    async fn send_last(&self, events: &mpsc::Sender<Event>, event: Event) {
+        self.send(events, event).await;
+    }
+}
+
+/// How a call ended while its worker was being created.
+async fn early_ending(
+    cancelled: &CancellationToken,
+    shutdown: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Ending {
+    let mut deadline = sleep_until_or_never(deadline);
+    tokio::select! {
+        biased;
+        () = cancelled.cancelled() => Ending::Cancelled,
+        () = &mut deadline => Ending::Deadline,
+        () = shutdown.cancelled() => Ending::Shutdown,
     }
 }
 
@@ -403,16 +521,12 @@ fn finish_reason(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
         Some(Ending::Shutdown) => "shutdown",
         Some(Ending::OutputLimit) => "output_limit",
         Some(Ending::Invalid(_)) | Some(Ending::TooLarge(_)) => "invalid_request",
+        Some(Ending::Transport(..)) => "cancelled",
     }
 }
 
 fn response(event: Ev) -> pb::ExecuteResponse {
     pb::ExecuteResponse { event: Some(event) }
-}
-
-/// Sends the call's last item. If the client is gone there is nobody to tell.
-async fn send_last(events: &mpsc::Sender<Event>, event: Event) {
-    let _ = events.send(event).await;
 }
 
 fn proto_duration(d: Duration) -> Option<prost_types::Duration> {

@@ -78,37 +78,16 @@ pub fn group_exists(pgid: i32) -> bool {
 /// Without cgroups, processes that left the job's group (`setsid`, double fork) are found here: children
 /// of the server (they are reparented to it, the subreaper, when their parent dies) that are not workers
 /// and belong to the job's session, to a session already attributed to the job, or hold one of the job's
-/// pipes as stdin/stdout/stderr. Each is SIGKILLed (with its group, if it leads one) while it is an
-/// unreaped child, so its pid cannot have been reused. Returns how many of the job's escapers are still
-/// around (signalled now, or dead and not yet reaped).
+/// pipes as stdin/stdout/stderr. Each is SIGKILLed (with its group, if it leads one); the decision and the
+/// kill are one step under the registry's lock ([`Registry::kill_if_job_child`]), so a pid reused between
+/// listing and killing can never be hit. Returns how many of the job's escapers are still around
+/// (signalled now, or dead and not yet reaped).
 pub fn sweep_escapers(registry: &Registry, worker: i32, pipes: &[u64]) -> usize {
-    let mut pending = 0;
-    for pid in server_children() {
-        if registry.is_worker(pid) {
-            continue;
-        }
-        let Some(stat) = crate::reaper::ProcStat::read(pid) else { continue };
-        let ours = stat.session == worker
-            || stat.pgrp == worker
-            || registry.same_job(worker, stat.session)
-            || holds_pipe(pid, pipes);
-        if !ours {
-            continue;
-        }
-        pending += 1;
-        if stat.state == 'Z' {
-            continue;
-        }
-        registry.adopt_session(worker, stat.session);
-        registry.with_unreaped_child(pid, |stat| {
-            info!(pid, name = %stat.comm, "killing a process that escaped the job's group");
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            if stat.pgrp == pid {
-                let _ = signal_group(pid, Signal::SIGKILL);
-            }
-        });
-    }
-    pending
+    server_children()
+        .into_iter()
+        .filter_map(|pid| registry.kill_if_job_child(pid, worker, |pid| holds_pipe(pid, pipes)))
+        .filter(|pending| *pending)
+        .count()
 }
 
 /// The server's children, from `/proc/self/task/*/children` (an orphan is adopted by one of its threads).

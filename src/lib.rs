@@ -42,6 +42,7 @@
 //! | [`kill`] | signalling a job's process group safely; hunting escapers without cgroups |
 //! | [`containment`] | a job's cgroup, directory and limits; killing and reaping all that is left |
 //! | [`cgroup`] | per-job cgroups: membership, limits, kill, leftovers of a crash |
+//! | [`guardian`] | the process that kills every job's processes when the server dies |
 //! | [`metrics`] | Prometheus metrics and the `GetStatus` counters |
 //! | [`limits`] | resource limits and how each is enforced |
 //! | [`workdir`] | private working directories |
@@ -55,6 +56,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod containment;
+pub mod guardian;
 pub mod handshake;
 pub mod job;
 pub mod kill;

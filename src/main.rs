@@ -94,6 +94,9 @@ struct ServeArgs {
     /// Benchmarks only: keep this many bytes of touched memory, to measure spawning from a large server.
     #[arg(long, hide = true, value_parser = parse_size)]
     bench_ballast: Option<u64>,
+    /// Tests only: a job task running this catalog job panics (the server aborts; its guardian cleans up).
+    #[arg(long, hide = true)]
+    inject_panic_on_job: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -168,6 +171,17 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The guardian is forked first, while this process has one thread (the runtime's come next).
+    let guardian = match &cli.command {
+        Command::Serve(args) => match forkpool::guardian::Guardian::start(matches!(args.log_format, LogFormat::Json)) {
+            Ok(guardian) => Some(guardian),
+            Err(e) => {
+                eprintln!("forkpool: cannot start the guardian process: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -177,7 +191,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map(|()| 0),
+            Command::Serve(args) => serve(args, guardian).await.map(|()| 0),
             Command::Run(args) => {
                 let options = RunOptions {
                     connection: args.connect.connection()?,
@@ -207,13 +221,17 @@ fn main() -> ExitCode {
     std::process::exit(code)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, guardian: Option<forkpool::guardian::Guardian>) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => tracing_subscriber::EnvFilter::try_new(filter),
         _ => tracing_subscriber::EnvFilter::try_new(&args.log_level),
     }
     .context("invalid log level or filter")?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match args.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
@@ -269,7 +287,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let ballast = args.bench_ballast.map(forkpool::bench::ballast);
-    server::run(listener, config, shutdown).await?;
+    let process = server::Process { guardian, panic_on_job: args.inject_panic_on_job };
+    server::run(listener, config, shutdown, process).await?;
     drop(std::hint::black_box(ballast));
     info!("stopped");
     Ok(())

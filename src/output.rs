@@ -64,17 +64,21 @@ pub enum PumpEnd {
     Failed,
     /// The output cap was reached.
     OverLimit,
+    /// A forced shutdown gave up on a client that does not read.
+    Abandoned,
 }
 
 /// Copies `fd` into `events`, each chunk wrapped by `wrap`, until EOF, until `worker_gone` fired and the
-/// pipe has been quiet for [`SETTLE`], until the receiver is dropped, or until `budget` runs out (the
-/// chunk that crosses it is cut at the cap). Returns why, and the bytes sent.
+/// pipe has been quiet for [`SETTLE`], until the receiver is dropped, until `budget` runs out (the
+/// chunk that crosses it is cut at the cap), or until `abandon` fires while a chunk waits for room (a
+/// forced shutdown). Returns why, and the bytes sent.
 pub async fn pump<T>(
     fd: OwnedFd,
     events: mpsc::Sender<T>,
     wrap: impl Fn(Vec<u8>) -> T,
     worker_gone: CancellationToken,
     budget: Option<std::sync::Arc<OutputBudget>>,
+    abandon: CancellationToken,
 ) -> (PumpEnd, u64) {
     let mut sent = 0u64;
     let Ok(reader) = pipe::Receiver::from_owned_fd(fd) else { return (PumpEnd::Failed, sent) };
@@ -104,8 +108,13 @@ pub async fn pump<T>(
                     chunk.shrink_to_fit();
                 }
                 sent += allowed;
-                if !chunk.is_empty() && events.send(wrap(chunk)).await.is_err() {
-                    return (PumpEnd::ReceiverGone, sent);
+                if !chunk.is_empty() {
+                    tokio::select! {
+                        result = events.send(wrap(chunk)) => if result.is_err() {
+                            return (PumpEnd::ReceiverGone, sent);
+                        },
+                        () = abandon.cancelled() => return (PumpEnd::Abandoned, sent),
+                    }
                 }
                 if allowed < n as u64 {
                     // Over the cap: stop reading, so the job blocks until it is killed.

@@ -4,14 +4,18 @@
 //! the server (grandchildren of jobs, or, as PID 1, anything), attributing it to its job.
 //!
 //! # Invariants
-//! - A worker's pid is in the registry from before the reaper can see it exit until it is reaped: the
-//!   spawner holds the registry lock across `clone`, and the reaper holds it from its `WNOWAIT` peek to the
-//!   `wait4`. So an instant exit is never mistaken for an orphan and its status is never lost.
+//! - A worker's pid is known from before the reaper can see it exit until it is reaped: the kernel writes it
+//!   into the spawn's [`SpawnTicket`] before the child runs (`CLONE_PARENT_SETTID`), the ticket is in the
+//!   registry's in-flight list from before the clone until the pid is registered as a worker, and the reaper,
+//!   which holds the lock from its `WNOWAIT` peek to the `wait4`, leaves an in-flight pid alone until then.
+//!   So an instant exit is never mistaken for an orphan and its status is never lost, and yet no lock is held
+//!   across a clone (which lasts until the child execs, and an exec can hang).
 //! - A pid in the registry is not reaped yet, so its number cannot have been reused: signalling it (or its
 //!   group, which it leads) under the lock cannot hit a stranger. See [`Registry::with_live_worker`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -20,6 +24,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::guardian::Guardian;
 use crate::kill;
 pub use crate::sys::ExitStatus;
 
@@ -32,7 +37,8 @@ pub struct WorkerExit {
     pub user_time: Duration,
     /// System CPU time, likewise.
     pub system_time: Duration,
-    /// Peak resident set size.
+    /// `ru_maxrss`: the peak resident set size of the worker and the children it waited for, but at least
+    /// the server's own at spawn time (Linux carries the spawning process's high-water mark across exec).
     pub max_rss_bytes: u64,
 }
 
@@ -82,6 +88,33 @@ struct Inner {
     sessions: HashMap<i32, Arc<JobReaps>>,
     /// Jobs by cgroup name.
     cgroups: HashMap<String, Arc<JobReaps>>,
+    /// Spawns under way: cloned (or about to be), not yet registered.
+    in_flight: Vec<Arc<SpawnTicket>>,
+}
+
+/// One spawn, shared by the job that asked for it and the spawner thread doing it.
+#[derive(Debug, Default)]
+pub struct SpawnTicket {
+    /// The child's pid, written by the kernel before the child runs; 0 before the clone.
+    pid: AtomicI32,
+    /// The job gave up on the spawn before it began.
+    cancelled: AtomicBool,
+}
+
+impl SpawnTicket {
+    /// Where the kernel stores the child's pid (`CLONE_PARENT_SETTID`).
+    pub(crate) fn pid_ptr(&self) -> *mut libc::c_int {
+        self.pid.as_ptr()
+    }
+}
+
+/// What [`Registry::cancel_spawn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnCancel {
+    /// The spawn had not begun and now never will.
+    NotStarted,
+    /// The child exists: it was sent SIGKILL; the spawn returns once it is dead (or has exec'd).
+    Killed,
 }
 
 /// The worker registry shared by the spawner, the killers and the reaper.
@@ -89,6 +122,13 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     orphans_reaped: prometheus_client::metrics::counter::Counter,
+    /// The guardian's pid (a child of the server that is neither a worker nor an orphan), or 0.
+    guardian_pid: AtomicI32,
+    guardian_died: AtomicBool,
+    /// Told about escapers' sessions in fallback mode.
+    session_guardian: OnceLock<Arc<Guardian>>,
+    /// Wakes the reaper when a pid it had to leave alone (in flight) has been registered.
+    reap_again: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,48 +137,114 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// Runs `spawn` (which creates the worker and returns its pid) with the registry locked, and registers
-    /// the new pid before the lock is released, so the reaper cannot collect it unregistered.
-    pub fn spawn_registered<E>(&self, entry: WorkerEntry, spawn: impl FnOnce() -> Result<i32, E>) -> Result<i32, E> {
+    /// Records the guardian's pid: when it is reaped, that is an error, not an orphan.
+    pub fn set_guardian(&self, pid: i32) {
+        self.guardian_pid.store(pid, Ordering::Release);
+    }
+
+    /// Whether the guardian was seen to die.
+    pub fn guardian_died(&self) -> bool {
+        self.guardian_died.load(Ordering::Acquire)
+    }
+
+    /// In fallback mode, escapers' sessions are announced to `guardian` too.
+    pub fn guard_sessions(&self, guardian: Arc<Guardian>) {
+        let _ = self.session_guardian.set(guardian);
+    }
+
+    /// Marks a spawn as under way, unless its job cancelled it. Called before the clone.
+    pub fn begin_spawn(&self, ticket: &Arc<SpawnTicket>) -> bool {
         let mut inner = lock(&self.inner);
-        let pid = spawn()?;
+        if ticket.cancelled.load(Ordering::Acquire) {
+            return false;
+        }
+        inner.in_flight.push(Arc::clone(ticket));
+        true
+    }
+
+    /// Registers the worker the clone created (or forgets a failed spawn), then lets the reaper collect it.
+    pub fn finish_spawn(
+        &self,
+        ticket: &SpawnTicket,
+        cloned: Result<i32, Errno>,
+        entry: WorkerEntry,
+    ) -> Result<i32, Errno> {
+        let mut inner = lock(&self.inner);
+        inner.in_flight.retain(|t| !std::ptr::eq(Arc::as_ptr(t), ticket));
+        let pid = cloned?;
         inner.workers.insert(pid, entry.exit);
         if let Some(cgroup) = entry.cgroup {
             inner.cgroups.insert(cgroup, Arc::clone(&entry.reaps));
         }
         inner.sessions.insert(pid, entry.reaps);
+        drop(inner);
+        self.reap_again.notify_one();
         Ok(pid)
+    }
+
+    /// Stops a spawn its job no longer wants: before it began, it never will; once the child exists, it is
+    /// SIGKILLed (it is unreaped, in flight or registered, so its pid cannot have been reused).
+    pub fn cancel_spawn(&self, ticket: &Arc<SpawnTicket>) -> SpawnCancel {
+        let inner = lock(&self.inner);
+        let in_flight = inner.in_flight.iter().any(|t| Arc::ptr_eq(t, ticket));
+        let pid = ticket.pid.load(Ordering::Acquire);
+        if !in_flight && pid == 0 {
+            ticket.cancelled.store(true, Ordering::Release);
+            return SpawnCancel::NotStarted;
+        }
+        if pid > 0 && (in_flight || inner.workers.contains_key(&pid)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill::signal_group(pid, Signal::SIGKILL);
+        }
+        SpawnCancel::Killed
     }
 
     /// Attributes processes of session `session` (an escaper's own session) to the job of `worker`.
     pub fn adopt_session(&self, worker: i32, session: i32) {
         let mut inner = lock(&self.inner);
-        if let Some(reaps) = inner.sessions.get(&worker).cloned() {
-            inner.sessions.entry(session).or_insert(reaps);
+        Self::adopt(&mut inner, worker, session, self.session_guardian.get());
+    }
+
+    fn adopt(inner: &mut Inner, worker: i32, session: i32, guardian: Option<&Arc<Guardian>>) {
+        if let Some(reaps) = inner.sessions.get(&worker).cloned()
+            && let std::collections::hash_map::Entry::Vacant(entry) = inner.sessions.entry(session)
+        {
+            entry.insert(reaps);
+            if let Some(guardian) = guardian {
+                guardian.watch_session(session);
+            }
         }
     }
 
-    /// Whether processes of `session` are attributed to the job of `worker`.
-    pub fn same_job(&self, worker: i32, session: i32) -> bool {
-        let inner = lock(&self.inner);
-        match (inner.sessions.get(&worker), inner.sessions.get(&session)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
+    /// Kills `pid` if, at this instant, it is an unreaped child of the server that is not a worker and belongs
+    /// to the job of `worker`: in the worker's session or group, in a session already attributed to the job,
+    /// or `holds_pipe(pid)`. Decided and done under the lock from one reading of `/proc/PID/stat`: as only the
+    /// reaper reaps, and it needs this lock, the pid cannot be reaped and reused in between. Returns `None` if
+    /// it is not the job's, else whether it still has to be reaped (signalled now, or a zombie).
+    pub fn kill_if_job_child(&self, pid: i32, worker: i32, holds_pipe: impl FnOnce(i32) -> bool) -> Option<bool> {
+        let mut inner = lock(&self.inner);
+        if inner.workers.contains_key(&pid) {
+            return None;
         }
-    }
-
-    /// Whether `pid` is a registered, unreaped worker.
-    pub fn is_worker(&self, pid: i32) -> bool {
-        lock(&self.inner).workers.contains_key(&pid)
-    }
-
-    /// Runs `f(stat)` only if `pid` is, at this instant, an unreaped child of this process (the server);
-    /// as only the reaper reaps, and it needs the lock held here, the pid cannot be reaped and reused
-    /// while `f` signals it.
-    pub fn with_unreaped_child<T>(&self, pid: i32, f: impl FnOnce(&ProcStat) -> T) -> Option<T> {
-        let _inner = lock(&self.inner);
         let stat = ProcStat::read(pid)?;
-        (stat.ppid == std::process::id() as i32).then(|| f(&stat))
+        if stat.ppid != std::process::id() as i32 {
+            return None;
+        }
+        let job = Arc::clone(inner.sessions.get(&worker)?);
+        let same_job = inner.sessions.get(&stat.session).is_some_and(|r| Arc::ptr_eq(r, &job));
+        if !(stat.session == worker || stat.pgrp == worker || same_job || holds_pipe(pid)) {
+            return None;
+        }
+        if stat.state == 'Z' {
+            return Some(true);
+        }
+        Self::adopt(&mut inner, worker, stat.session, self.session_guardian.get());
+        info!(pid, name = %stat.comm, "killing a process that escaped the job's group");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        if stat.pgrp == pid {
+            let _ = kill::signal_group(pid, Signal::SIGKILL);
+        }
+        Some(true)
     }
 
     /// Runs `f(pid)` only if `pid` is a registered, not yet reaped worker, holding the lock so that the
@@ -151,8 +257,18 @@ impl Registry {
     /// Forgets a job (its sessions and cgroup) once it has finished; later orphans count as unattributed.
     pub fn forget_job(&self, worker: Option<i32>, cgroup: Option<&str>) {
         let mut inner = lock(&self.inner);
+        let guardian = self.session_guardian.get();
         if let Some(reaps) = worker.and_then(|worker| inner.sessions.remove(&worker)) {
-            inner.sessions.retain(|_, r| !Arc::ptr_eq(r, &reaps));
+            if let (Some(guardian), Some(worker)) = (guardian, worker) {
+                guardian.forget_session(worker);
+            }
+            inner.sessions.retain(|session, r| {
+                let keep = !Arc::ptr_eq(r, &reaps);
+                if !keep && let Some(guardian) = guardian {
+                    guardian.forget_session(*session);
+                }
+                keep
+            });
         }
         if let Some(cgroup) = cgroup {
             inner.cgroups.remove(cgroup);
@@ -177,6 +293,7 @@ impl Registry {
         loop {
             tokio::select! {
                 _ = sigchld.recv() => {}
+                () = self.reap_again.notified() => {}
                 _ = sweep.tick() => {}
             }
             self.reap_ready();
@@ -200,9 +317,13 @@ impl Registry {
                     None => return,
                 },
             };
+            let is_worker = inner.workers.contains_key(&pid);
+            if !is_worker && inner.in_flight.iter().any(|t| t.pid.load(Ordering::Acquire) == pid) {
+                // A worker that exited before its spawn was registered: `finish_spawn` wakes us once it is.
+                return;
+            }
             // Read name, session and cgroup while the zombie still has its /proc entry.
             let stat = ProcStat::read(pid);
-            let is_worker = inner.workers.contains_key(&pid);
             let cgroup = if is_worker || inner.cgroups.is_empty() { None } else { v2_cgroup_name(pid) };
             if is_worker {
                 // The zombie worker still pins its pid, and so its group id: nothing else can be in that
@@ -228,6 +349,13 @@ impl Registry {
                     system_time: reaped.system_time,
                     max_rss_bytes: reaped.max_rss_bytes,
                 });
+                continue;
+            }
+            if pid == self.guardian_pid.load(Ordering::Acquire) {
+                drop(inner);
+                self.guardian_died.store(true, Ordering::Release);
+                error!(pid, status = ?reaped.status, "the guardian died: if the server crashes now, processes of \
+                    its jobs can outlive it until the next start");
                 continue;
             }
             self.orphans_reaped.inc();

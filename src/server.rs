@@ -2,8 +2,14 @@
 //! keepalive), and the shutdown sequence.
 //!
 //! Shutdown is a drain: `drain` fires → health says `NOT_SERVING`, new and queued calls get `UNAVAILABLE`,
-//! running jobs may finish for up to `drain_timeout` → then (or when `now` fires) the rest are killed and
-//! report `EXIT_REASON_SHUTDOWN` → every job task has ended, everything is reaped → the server returns.
+//! running jobs may finish for up to `drain_timeout` → then (or when `now` fires) the rest are killed
+//! (SIGTERM, SIGKILL after at most a second) and report `EXIT_REASON_SHUTDOWN` → every job task has ended,
+//! everything is reaped → connections close → the server returns.
+//!
+//! The drain timeout bounds the whole shutdown, whatever the clients do: once `now` fires, events a client
+//! does not read are abandoned after [`ABANDON_AFTER`], job tasks get [`FORCE_BUDGET`] in all, and open
+//! calls get [`FORCED_CLOSE_GRACE`] to close before the transport is dropped; so the server returns within
+//! about four seconds of the drain timeout (or of a second signal).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::containment::Containment;
+use crate::guardian::Guardian;
 use crate::handshake::HandshakeDeadline;
 use crate::job::Jobs;
 use crate::metrics::{self, Metrics};
@@ -31,8 +38,15 @@ use crate::spawn::Spawner;
 /// The health service name of the Executor.
 pub const SERVICE_NAME: &str = "forkpool.v1.Executor";
 
-/// How long in-flight calls may take to close after all jobs ended.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long in-flight calls may take to close after all jobs ended within the drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// After `now`: when sends to clients that do not read are abandoned (the jobs are dead and reaped by then:
+/// their kill grace is capped at a second).
+pub const ABANDON_AFTER: Duration = Duration::from_secs(2);
+/// After `now`: how long job tasks may take in all before the server stops waiting for them.
+pub const FORCE_BUDGET: Duration = Duration::from_secs(3);
+/// After a forced shutdown: how long open calls get to close.
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -62,18 +76,43 @@ pub struct Shutdown {
     pub drain_timeout: Duration,
 }
 
+/// What the process brings to the server besides its config: the guardian forked at start-up (see
+/// [`crate::guardian`]) and test-only faults.
+#[derive(Debug, Default)]
+pub struct Process {
+    /// The guardian, if one was started (it must be forked before the runtime's threads exist).
+    pub guardian: Option<Guardian>,
+    /// Test-only: a job task running this catalog job panics.
+    pub panic_on_job: Option<String>,
+}
+
 /// Runs forkpool on an already-bound listener until `shutdown` completes. Call once per process: it makes
-/// the process a child subreaper and starts the spawner thread.
-pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+/// the process a child subreaper and starts the spawner threads.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+    process: Process,
+) -> Result<(), ServerError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
     // SIGCHLD must be watched before the first worker exists, or an early exit could go unnoticed.
     let sigchld = signal(SignalKind::child())?;
     let registry = Arc::new(Registry::default());
+    let guardian = process.guardian.map(Arc::new);
+    if let Some(guardian) = &guardian {
+        registry.set_guardian(guardian.pid());
+    }
     tokio::spawn(Arc::clone(&registry).run(sigchld));
-    let spawner = Spawner::start(Arc::clone(&registry))?;
     let metrics = Arc::new(Metrics::new(registry.orphans_counter()));
-    let containment =
-        Containment::start(&config, Arc::clone(&registry), metrics.cgroups_populated_after_end.clone()).await?;
+    let containment = Containment::start(
+        &config,
+        Arc::clone(&registry),
+        metrics.cgroups_populated_after_end.clone(),
+        guardian.clone(),
+    )
+    .await?;
+    let announce = guardian.as_ref().filter(|_| containment.sessions_guarded()).map(|g| g.announce_fd());
+    let spawner = Spawner::start(Arc::clone(&registry), announce)?;
 
     let config = Arc::new(config);
     let pool = Pool::new(config.worker_count(), config.queue);
@@ -92,9 +131,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
         }
         None => None,
     };
-    let jobs = Arc::new(Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone()));
+    let abandon = CancellationToken::new();
+    let mut jobs =
+        Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone(), abandon.clone());
+    jobs.inject_panic_on_job(process.panic_on_job);
+    let jobs = Arc::new(jobs);
     let tracker = TaskTracker::new();
-    let service = ExecutorService::new(jobs, Arc::clone(&config), tracker.clone());
+    let service = ExecutorService::new(Arc::clone(&jobs), Arc::clone(&config), tracker.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -159,19 +202,49 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> R
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     pool.close();
     tracker.close();
-    tokio::select! {
-        () = tracker.wait() => {}
+    let forced = tokio::select! {
+        () = tracker.wait() => false,
         () = tokio::time::sleep(shutdown.drain_timeout) => {
             info!("drain timeout: killing the remaining jobs");
             shutdown.now.cancel();
+            true
         }
-        () = shutdown.now.cancelled() => info!("killing the remaining jobs"),
+        () = shutdown.now.cancelled() => {
+            info!("killing the remaining jobs");
+            true
+        }
+    };
+    let all_ended = if forced {
+        // Bounded whatever the clients do: jobs are killed (a second of grace at most) and reaped, then
+        // events nobody reads are abandoned, then the server stops waiting.
+        let began = tokio::time::Instant::now();
+        let ended = tokio::select! {
+            () = tracker.wait() => true,
+            () = tokio::time::sleep(ABANDON_AFTER) => false,
+        };
+        if !ended {
+            warn!("calls whose clients do not read: abandoning their last events");
+            abandon.cancel();
+        }
+        let ended = ended || tokio::time::timeout_at(began + FORCE_BUDGET, tracker.wait()).await.is_ok();
+        if !ended {
+            error!(
+                remaining = tracker.len(),
+                "some jobs did not end in time (a process that cannot be killed?); stopping anyway"
+            );
+        }
+        ended
+    } else {
+        true
+    };
+    if all_ended {
+        jobs.containment().close();
+        info!("all jobs ended; closing connections");
     }
-    tracker.wait().await;
-    info!("all jobs ended; closing connections");
     stop_transport.cancel();
     stop_metrics.cancel();
-    match tokio::time::timeout(CLOSE_GRACE, &mut transport).await {
+    let grace = if forced { FORCED_CLOSE_GRACE } else { CLOSE_GRACE };
+    match tokio::time::timeout(grace, &mut transport).await {
         Ok(result) => flatten(result),
         Err(_) => {
             warn!("some calls did not close in time; stopping anyway");

@@ -203,7 +203,9 @@ fn job_status(e: JobError) -> Status {
         JobError::Spawn(SpawnError::SpawnerGone) | JobError::ShuttingDown | JobError::Containment(_) => {
             Status::unavailable(message)
         }
+        JobError::Spawn(SpawnError::Cancelled) => Status::cancelled(message),
         JobError::DeadlineExceeded => Status::deadline_exceeded(message),
+        JobError::Transport(code, _) => Status::new(code, message),
         JobError::Internal(_) => Status::internal(message),
     }
 }

@@ -26,7 +26,13 @@ pub(crate) enum Ending {
     OutputLimit,
     Invalid(String),
     TooLarge(String),
+    /// The request stream failed below gRPC: the transport's code and message.
+    Transport(tonic::Code, String),
 }
+
+/// At shutdown, a job's kill grace is capped by this: the drain was its grace already, and shutdown must
+/// finish within seconds of the drain timeout.
+const SHUTDOWN_KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// The running phase: relays requests and waits for the worker's exit, starting the kill when the job must
 /// end early.
@@ -96,9 +102,11 @@ where
             };
             if let Some(ending) = ending {
                 info!(?ending, "ending the job");
-                self.ending = Some(ending);
                 ending_at = Some(Instant::now());
-                if let Some(at) = self.killer.terminate(self.kill_grace) {
+                let grace =
+                    if ending == Ending::Shutdown { self.kill_grace.min(SHUTDOWN_KILL_GRACE) } else { self.kill_grace };
+                self.ending = Some(ending);
+                if let Some(at) = self.killer.terminate(grace) {
                     escalate.as_mut().reset(at);
                     escalation_armed = true;
                 }
@@ -116,9 +124,12 @@ where
                 None
             }
             Some(Err(status)) if is_oversized(&status) => Some(Ending::TooLarge(status.message().to_string())),
+            Some(Err(status)) if is_malformed(&status) => {
+                Some(Ending::Invalid(format!("malformed request: {} (the job was killed)", status.message())))
+            }
             Some(Err(status)) => {
                 debug!(%status, "request stream failed");
-                Some(Ending::Cancelled)
+                Some(Ending::Transport(status.code(), status.message().to_string()))
             }
             Some(Ok(request)) => match request.msg {
                 Some(Msg::Stdin(data)) => {
@@ -173,6 +184,13 @@ pub(crate) fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
     // Far enough to never fire, near enough not to overflow the timer.
     let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     Box::pin(sleep_until(at.unwrap_or(never)))
+}
+
+/// Whether `status` is tonic's report of a request the client sent wrong (a message that does not decode,
+/// a bad compression flag, a frame cut short at the end of the stream), as opposed to a transport failure
+/// (`h2 protocol error: ...`, a connection error), which tonic reports with the same `INTERNAL` code.
+pub(crate) fn is_malformed(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Internal && !status.message().starts_with("h2 protocol error")
 }
 
 /// Whether `status` is tonic's report of a request message over the size limit.

@@ -1,40 +1,68 @@
 //! Private working directories: each job runs in a fresh directory (mode 0700, owned by the job's user)
-//! that is removed when the job ends, unless its catalog entry names a `cwd`. Directories live under
-//! `<work_root>/<server pid>/`; at start-up the server removes those of servers that are gone (a crash).
+//! that is removed when the job ends, unless its catalog entry names a `cwd`.
+//!
+//! Directories live under `<work_root>/<instance>/`, one instance per server process. The server holds an
+//! exclusive `flock` on `<work_root>/<instance>.lock` for as long as it lives (the lock file is made and
+//! locked before the directory exists), so at start-up a server removes exactly the instances whose lock it
+//! can take: those of servers that are gone, whatever their binary was called and however many servers (PID 1
+//! of different containers, say) share the volume. A directory without a lock file is never removed.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use tracing::{info, warn};
 
 /// The server's directory of job working directories.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WorkRoot {
     dir: PathBuf,
+    lock_file: PathBuf,
+    /// Our exclusive lock, held until the process ends.
+    _lock: OwnedFd,
 }
 
 impl WorkRoot {
-    /// Prepares `<base>/<own pid>/`, first removing directories of servers that are gone.
-    pub fn prepare(base: &Path) -> io::Result<WorkRoot> {
+    /// Removes the instances of servers that are gone, then makes and locks this server's own, `instance`.
+    pub fn prepare(base: &Path, instance: &str) -> io::Result<WorkRoot> {
         std::fs::create_dir_all(base)?;
-        let own = std::process::id();
         for entry in std::fs::read_dir(base)?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            if pid == own || !i32::try_from(pid).is_ok_and(crate::containment::is_live_server) {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => {
-                        info!(path = %entry.path().display(), "removed working directories left by a crashed server")
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(dead) = name.strip_suffix(".lock") else { continue };
+            if dead == instance {
+                continue;
+            }
+            match lock(&entry.path(), false) {
+                Ok(Some(_held)) => {
+                    let dir = base.join(dead);
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => info!(path = %dir.display(), "removed working directories left by a crashed server"),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            warn!(path = %dir.display(), error = %e, "cannot remove leftover working directories");
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        warn!(path = %entry.path().display(), error = %e, "cannot remove leftover working directories")
-                    }
+                    // Still holding the lock: nobody can have taken this instance meanwhile.
+                    let _ = std::fs::remove_file(entry.path());
                 }
+                Ok(None) => {}
+                Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot check a server's lock"),
             }
         }
-        let dir = base.join(own.to_string());
+        let lock_file = base.join(format!("{instance}.lock"));
+        let held = lock(&lock_file, true)?
+            .ok_or_else(|| io::Error::other(format!("{} is locked by another server", lock_file.display())))?;
+        let dir = base.join(instance);
         std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
-        Ok(WorkRoot { dir })
+        Ok(WorkRoot { dir, lock_file, _lock: held })
+    }
+
+    /// This server's directory of job directories.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Creates a job's private directory, owned by `owner` (uid, gid) when given.
@@ -46,5 +74,24 @@ impl WorkRoot {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         }
         Ok(dir)
+    }
+
+    /// Removes this server's (empty) directory and its lock file, at a clean exit.
+    pub fn remove(&self) {
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            let _ = std::fs::remove_file(&self.lock_file);
+        }
+    }
+}
+
+/// Opens (creating it if `create`) and exclusively locks `path` without waiting; `None` if another process
+/// holds the lock.
+fn lock(path: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC | if create { OFlags::CREATE } else { OFlags::empty() };
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }

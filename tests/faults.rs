@@ -114,16 +114,31 @@ async fn the_cgroup_tree_removed_underneath_is_made_again() {
         return;
     }
     assert_serving(&mut client).await;
-    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(&root)
+    let instance = std::fs::read_dir(&root)
+        .expect("root")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("instance-")))
+        .expect("the server's instance cgroup");
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(&instance)
         .is_ok_and(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().starts_with("job-")))));
-    std::fs::remove_dir(&root).expect("remove the server's cgroup tree underneath it");
+    std::fs::remove_dir(&instance).expect("remove the server's cgroup tree underneath it");
     let out = run(&mut client, raw(&["cat", "/proc/self/cgroup"])).await;
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(out.stdout_text().contains(&format!("0::/{}/job-", root.file_name().expect("name").to_string_lossy())));
+    let inside = format!(
+        "0::/{}/{}/job-",
+        root.file_name().expect("name").to_string_lossy(),
+        instance.file_name().expect("name").to_string_lossy()
+    );
+    assert!(out.stdout_text().contains(&inside), "{}", out.stdout_text());
     assert!(server.log_text().contains("recreating it"));
+    // It is locked again: a server starting now leaves it alone.
+    let other = TestServer::with_config(&format!("cgroup_root = \"{}\"\n", root.display()), &[]);
+    assert!(instance.exists(), "a live server's instance was taken for a leftover");
+    drop(other);
     drop(client);
     drop(server);
-    let _ = std::fs::remove_dir(&root);
+    assert!(wait_until(Duration::from_secs(5), || std::fs::remove_dir(&root).is_ok()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -230,6 +245,7 @@ async fn fork_failing_at_the_process_limit_gives_clear_errors_and_recovers() {
     assert!(wait_until(Duration::from_secs(5), || {
         std::fs::read_to_string(dir.join("pids.current")).is_ok_and(|n| n.trim() == "0")
     }));
-    let _ = std::fs::remove_dir(dir.join("forkpool"));
+    // The guardian removes the server's instance in the v1 hierarchy too, once its jobs are dead.
+    assert!(wait_until(Duration::from_secs(5), || std::fs::remove_dir(dir.join("forkpool")).is_ok()));
     std::fs::remove_dir(&dir).expect("remove the test's pids cgroup");
 }

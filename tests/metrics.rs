@@ -3,37 +3,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::time::Duration;
-
 use common::*;
-
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.to_lowercase().contains("content-type: application/openmetrics-text"), "{response}");
-    response
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_jobs_by_reason_latencies_and_orphans() {
     let server = TestServer::start(&["--allow-raw-commands", "--metrics-listen", "127.0.0.1:0"]);
-    let mut addr = None;
-    assert!(wait_until(Duration::from_secs(5), || {
-        addr = server
-            .stdout_lines()
-            .iter()
-            .find_map(|l| l.strip_prefix("forkpool metrics on http://")?.strip_suffix("/metrics").map(String::from));
-        addr.is_some()
-    }));
-    let addr = addr.expect("metrics address");
+    let addr = server.metrics_addr();
     let mut client = server.client().await;
     assert_eq!(run(&mut client, job("echo", &["x"])).await.code(), Some(0));
     let orphans = run(&mut client, sh("sleep 100 & sleep 100 & sleep 0.2; exit 0")).await;
@@ -59,8 +34,8 @@ async fn metrics_count_jobs_by_reason_latencies_and_orphans() {
         ("forkpool_cgroups_populated_after_end_total", 0.0),
     ];
     for (series, wanted) in expect {
-        assert_eq!(value(&text, series), Some(wanted), "{series} in:\n{text}");
+        assert_eq!(metric(&text, series), Some(wanted), "{series} in:\n{text}");
     }
-    let cancel = value(&text, "forkpool_cancel_to_dead_seconds_sum").expect("sum");
+    let cancel = metric(&text, "forkpool_cancel_to_dead_seconds_sum").expect("sum");
     assert!(cancel > 0.0 && cancel < 5.0, "cancel to dead took {cancel} s");
 }

@@ -28,6 +28,11 @@ pub(super) struct ChildPlan {
     pub(super) stdio: [RawFd; 3],
     pub(super) report: RawFd,
     pub(super) server_pid: libc::pid_t,
+    /// The guardian's socket, on which the worker announces its session before exec (fallback mode), or -1.
+    pub(super) announce: RawFd,
+    /// The server's fd limit, read before the clone: the slow fd-closing fallback closes up to it (the job's
+    /// own, lower limit may already be in force then).
+    pub(super) fd_limit: libc::c_int,
 }
 
 /// The setup steps in the child, in order; a failure reports its index.
@@ -63,11 +68,45 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Creates the child with `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: born inside its cgroup, so
-/// no migration (which waits for an RCU grace period, about 1 ms) is needed. Returns the child's pid, or the
-/// error (`ENOSYS` etc. where clone3 or the flag is not supported: the caller falls back to `clone`).
+/// Creates the child: `clone3(CLONE_VM | CLONE_VFORK | CLONE_PARENT_SETTID | CLONE_INTO_CGROUP)` where the
+/// kernel has it (born inside its cgroup, so no migration, which waits for an RCU grace period, about 1 ms,
+/// is needed), else `clone` with the same flags, the child then writing itself into its cgroup. Either way
+/// the kernel stores the child's pid at `parent_tid` before the child runs, so the reaper can tell an
+/// instant exit from an orphan while this thread is still suspended. Returns when the child has exec'd or
+/// exited.
+pub(super) fn clone_child(
+    plan: &mut ChildPlan,
+    stack: &mut [u8],
+    cgroup_fd: Option<RawFd>,
+    parent_tid: *mut libc::c_int,
+) -> Result<i32, Errno> {
+    if let Some(fd) = cgroup_fd {
+        plan.cgroup_first = 1;
+        match clone3(plan, stack, fd, parent_tid) {
+            Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP) => plan.cgroup_first = 0,
+            other => return other,
+        }
+    }
+    /// Runs on the child's own stack; never returns.
+    extern "C" fn entry(plan: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `plan` points into the suspended parent's frame (CLONE_VFORK); see `child_main`.
+        unsafe { child_main(*plan.cast::<ChildPlan>()) }
+    }
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+    // SAFETY: the child runs `entry` on its own stack (`top`, 16-byte aligned, inside `stack`) while this
+    // thread is suspended (CLONE_VFORK) until it execs or exits, so `plan`, everything it points to, the stack
+    // and `parent_tid` stay valid and untouched for the child's whole life before exec. All signals are
+    // blocked in this thread, so the child starts with every signal blocked and no inherited handler can
+    // run. `child_main` only makes async-signal-safe calls, allocates nothing and never returns.
+    let pid =
+        unsafe { libc::clone(entry, top as *mut libc::c_void, flags, (plan as *mut ChildPlan).cast(), parent_tid) };
+    if pid < 0 { Err(Errno::last()) } else { Ok(pid) }
+}
+
+/// `clone3` into the cgroup directory `cgroup_fd`, or the error where the kernel lacks it (`ENOSYS` etc.).
 #[cfg(target_arch = "x86_64")]
-pub(super) fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd) -> Result<i32, Errno> {
+fn clone3(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd, parent_tid: *mut libc::c_int) -> Result<i32, Errno> {
     /// Runs on the child's own stack; never returns.
     extern "C" fn entry(plan: *const ChildPlan) -> ! {
         // SAFETY: `plan` points into the suspended parent's frame (CLONE_VFORK); see `child_main`.
@@ -78,7 +117,8 @@ pub(super) fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: R
     let aligned = (base + 15) & !15;
     let size = (stack.len() - (aligned - base)) & !15;
     let mut args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID) as u64 | CLONE_INTO_CGROUP,
+        parent_tid: parent_tid as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: aligned as u64,
         stack_size: size as u64,
@@ -89,9 +129,9 @@ pub(super) fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: R
     // SAFETY: the raw clone3 syscall. In the parent it returns the pid (or -errno) like any syscall; the
     // child starts at the next instruction with rax = 0 on the new stack and, sharing our registers, finds
     // `plan` in r12 and `entry` in r13, clears the frame pointer and calls `entry`, which never returns.
-    // The parent is suspended until the child execs or exits (CLONE_VFORK), so `plan`, `args` and the stack
-    // stay valid and untouched for the child's whole life before exec. rcx and r11 are clobbered by
-    // `syscall`.
+    // The parent is suspended until the child execs or exits (CLONE_VFORK), so `plan`, `args`, `parent_tid`
+    // and the stack stay valid and untouched for the child's whole life before exec. rcx and r11 are
+    // clobbered by `syscall`.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -116,7 +156,7 @@ pub(super) fn clone_into_cgroup(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: R
 
 /// Elsewhere, `clone3` is not used: the child writes itself into its cgroup.
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) fn clone_into_cgroup(_: &ChildPlan, _: &mut [u8], _: RawFd) -> Result<i32, Errno> {
+fn clone3(_: &ChildPlan, _: &mut [u8], _: RawFd, _: *mut libc::c_int) -> Result<i32, Errno> {
     Err(Errno::ENOSYS)
 }
 
@@ -124,11 +164,11 @@ pub(super) fn clone_into_cgroup(_: &ChildPlan, _: &mut [u8], _: RawFd) -> Result
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (rt_sigaction, setsid, prctl, getppid, open, write, close, setrlimit,
+/// call below is async-signal-safe (rt_sigaction, setsid, getpid, send, prctl, getppid, open, write, close, setrlimit,
 /// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
 /// _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
-pub(super) unsafe fn child_main(plan: ChildPlan) -> ! {
+unsafe fn child_main(plan: ChildPlan) -> ! {
     // SAFETY (whole body): see the function's contract.
     unsafe {
         // 1. Default dispositions for every signal: handlers belong to the server, and SIG_IGN (Rust ignores
@@ -142,6 +182,12 @@ pub(super) unsafe fn child_main(plan: ChildPlan) -> ! {
         // 2. Own session and process group: nothing the job does to its group can reach the server.
         if libc::setsid() < 0 {
             fail(plan.report, 0);
+        }
+        //    Announce the session to the guardian before anything of the job can run, so that a crash of the
+        //    server from now on cannot leave the job's processes behind (fallback mode; best effort: the
+        //    guardian logs what it could not track, and a full socket must not stop the job).
+        if plan.announce >= 0 {
+            announce_session(plan.announce);
         }
         // 3. Die when the server (the spawner thread) dies; if it already has, we were reparented: exit.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
@@ -193,7 +239,7 @@ pub(super) unsafe fn child_main(plan: ChildPlan) -> ! {
         //    pipe usable until the exec itself closes it.
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if marked < 0 && !close_fds_slowly(plan.report) {
+        if marked < 0 && !close_fds_slowly(plan.report, plan.fd_limit) {
             fail(plan.report, 8);
         }
         // 10. Unblock everything (dispositions are all default now) and exec.
@@ -242,25 +288,42 @@ unsafe fn reset_signal(sig: libc::c_int) {
     }
 }
 
-/// Fallback for kernels without `close_range` (< 5.11): closes every fd from 3 up to the fd limit except
-/// the report pipe, which is close-on-exec already.
+/// Fallback where `close_range` is missing (kernels before 5.11) or refused (seccomp filters of older
+/// container runtimes): closes every fd from 3 up to the server's fd limit (`limit`, read before the job's own
+/// limit was set) except the report pipe, which is close-on-exec already.
 ///
 /// # Safety
 /// Same contract as [`child_main`].
-unsafe fn close_fds_slowly(keep: RawFd) -> bool {
-    // SAFETY: getrlimit and close are async-signal-safe; `limit` is a local.
+unsafe fn close_fds_slowly(keep: RawFd, limit: libc::c_int) -> bool {
+    // SAFETY: close is async-signal-safe.
     unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) < 0 {
-            return false;
-        }
-        let max = RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX);
-        for fd in 3..max {
+        for fd in 3..limit {
             if fd != keep {
                 libc::close(fd);
             }
         }
         true
+    }
+}
+
+/// Sends `+<own pid>` (the worker's session, after `setsid`) on the guardian's socket, without blocking and
+/// without SIGPIPE.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+unsafe fn announce_session(socket: RawFd) {
+    // SAFETY: getpid as a raw syscall (the C library may cache the parent's pid) and send are
+    // async-signal-safe; `message` is a local.
+    unsafe {
+        let mut pid = libc::syscall(libc::SYS_getpid) as u32;
+        // `+` and ten digits, zero-padded: constant indices, so no bounds check can fail.
+        let mut message = [b'+'; 11];
+        for i in (1..11).rev() {
+            message[i] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+        }
+        let length = message.len();
+        libc::send(socket, message.as_ptr().cast(), length, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
     }
 }
 

@@ -1,11 +1,11 @@
 //! The spawner: the one place where worker processes are created, and the only fork-time unsafe code.
 //!
 //! # Design
-//! - **One long-lived spawner thread.** `PR_SET_PDEATHSIG` fires when the *thread* that created the child
+//! - **Long-lived spawner threads.** `PR_SET_PDEATHSIG` fires when the *thread* that created the child
 //!   exits, not the process. Tokio's blocking threads exit after idling, which would kill healthy long jobs;
-//!   this thread never exits (it parks forever if the server drops its handle), so a worker's death signal
-//!   means exactly "the server died".
-//! - **All signals blocked in that thread, forever.** A child starts with its creator's signal mask, so no
+//!   a spawner thread never exits (it parks forever if the server drops its handle), so a worker's death
+//!   signal means exactly "the server died".
+//! - **All signals blocked in those threads, forever.** A child starts with its creator's signal mask, so no
 //!   signal can run a handler inherited from the server (tokio's handler writes into the server's own
 //!   signal pipe: a worker SIGTERMed before exec would otherwise shut the server down). The child resets
 //!   every disposition to the default first, and only then unblocks.
@@ -14,29 +14,35 @@
 //!   the child runs on a dedicated stack and only makes async-signal-safe calls on memory prepared before
 //!   the clone: it allocates nothing, takes no lock and cannot panic.
 //! - **Exec errors come back through a close-on-exec pipe**: an empty read means the exec happened.
-//! - **Registration before reaping**: the clone runs inside [`Registry::spawn_registered`], so the reaper
-//!   cannot collect a worker that exits at once before its pid is recorded.
+//! - **Registration before reaping, with no lock held across the clone**: the kernel writes the child's pid
+//!   into the spawn's ticket before the child runs, and the reaper leaves an in-flight pid alone until
+//!   [`Registry::finish_spawn`] has recorded it; so a worker that exits at once is never mistaken for an
+//!   orphan, and a spawn that hangs before exec (a hung filesystem, a frozen cgroup) blocks no reaping or
+//!   killing.
+//! - **A pool of spawner threads**: a spawn stuck before exec keeps its thread (`CLONE_VFORK` suspends it), so
+//!   when every thread is busy another is started (up to 64): a stuck spawn delays only its own call, which
+//!   can cancel it ([`Registry::cancel_spawn`] SIGKILLs the child).
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, c_char};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::unistd::{AccessFlags, access, getpid, pipe2};
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::kill;
-use crate::reaper::{Registry, WorkerEntry};
+use crate::reaper::{Registry, SpawnTicket, WorkerEntry};
 
 mod child;
 
-use child::{ChildPlan, STEPS, child_main, clone_into_cgroup};
+use child::{ChildPlan, STEPS, clone_child};
 
 /// Capacity asked for the stdout and stderr pipes.
 const OUTPUT_PIPE_BYTES: libc::c_int = 1 << 20;
@@ -156,6 +162,10 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     /// Read end of the worker's stderr.
     pub stderr: OwnedFd,
+    /// The server's own peak RSS (bytes) just after the exec: the worker's `ru_maxrss` is at least this
+    /// (Linux carries the spawning process's high-water mark across exec), so only a larger figure is the
+    /// job's own.
+    pub server_peak_rss: u64,
 }
 
 /// Why a worker could not be started.
@@ -180,18 +190,16 @@ pub enum SpawnError {
     /// The spawner thread is gone (only while the process is exiting).
     #[error("the spawner thread is gone")]
     SpawnerGone,
+    /// The call ended before its worker was created.
+    #[error("the call ended before its worker was created")]
+    Cancelled,
 }
 
 struct Request {
     command: Command,
     entry: WorkerEntry,
+    ticket: Arc<SpawnTicket>,
     reply: oneshot::Sender<Result<Spawned, SpawnError>>,
-}
-
-/// Handle to the spawner thread.
-#[derive(Debug, Clone)]
-pub struct Spawner {
-    requests: mpsc::Sender<Request>,
 }
 
 impl std::fmt::Debug for Request {
@@ -200,36 +208,158 @@ impl std::fmt::Debug for Request {
     }
 }
 
+/// Most spawner threads: more are started only while every one is busy (a spawn stuck before exec keeps its
+/// thread), and none ever exits.
+const MAX_SPAWNER_THREADS: usize = 64;
+
+/// The spawner threads' shared queue.
+#[derive(Debug)]
+struct Threads {
+    incoming: Mutex<mpsc::Receiver<Request>>,
+    registry: Arc<Registry>,
+    /// Threads waiting for a request.
+    idle: AtomicUsize,
+    /// Threads started.
+    started: AtomicUsize,
+    /// Where workers announce their session to the guardian (fallback mode), or -1.
+    announce_fd: std::os::fd::RawFd,
+}
+
+/// Handle to the spawner threads.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    requests: mpsc::Sender<Request>,
+    threads: Arc<Threads>,
+}
+
 impl Spawner {
-    /// Starts the spawner thread. Call once per process, after the reaper listens for SIGCHLD.
-    pub fn start(registry: Arc<Registry>) -> std::io::Result<Spawner> {
+    /// Starts the first spawner thread. Call once per process, after the reaper listens for SIGCHLD.
+    /// `announce_fd`, when given, is the guardian's socket on which each worker announces its session.
+    pub fn start(registry: Arc<Registry>, announce_fd: Option<std::os::fd::RawFd>) -> std::io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<Request>();
-        std::thread::Builder::new().name("forkpool-spawner".into()).spawn(move || {
-            if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
-                // Without the mask the seed bug is possible: refuse to spawn at all.
-                error!(error = %e, "cannot block signals in the spawner thread; no job can run");
-                park_forever();
-            }
-            let mut stack = vec![0u8; CHILD_STACK_BYTES];
-            let server_pid = getpid().as_raw();
-            while let Ok(Request { command, entry, reply }) = incoming.recv() {
-                let result = spawn_one(&registry, &mut stack, server_pid, &command, entry);
-                if let Err(Ok(orphaned)) = reply.send(result) {
-                    // The job went away during the spawn: nobody would ever end this worker.
-                    registry.with_live_worker(orphaned.pid, |pid| kill::signal_group(pid, Signal::SIGKILL));
-                }
-            }
-            park_forever()
-        })?;
-        Ok(Spawner { requests })
+        let threads = Arc::new(Threads {
+            incoming: Mutex::new(incoming),
+            registry,
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            announce_fd: announce_fd.unwrap_or(-1),
+        });
+        start_thread(&threads)?;
+        Ok(Spawner { requests, threads })
     }
 
-    /// Starts a worker for `command`, registered with the reaper through `entry`.
-    pub async fn spawn(&self, command: Command, entry: WorkerEntry) -> Result<Spawned, SpawnError> {
+    /// Starts a worker for `command`, registered with the reaper through `entry`. `ticket` lets the caller
+    /// cancel the spawn while it is under way ([`Registry::cancel_spawn`]).
+    pub async fn spawn(
+        &self,
+        command: Command,
+        entry: WorkerEntry,
+        ticket: Arc<SpawnTicket>,
+    ) -> Result<Spawned, SpawnError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request { command, entry, reply }).map_err(|_| SpawnError::SpawnerGone)?;
+        self.requests.send(Request { command, entry, ticket, reply }).map_err(|_| SpawnError::SpawnerGone)?;
+        // Every thread busy (one may be stuck in a spawn that never reaches exec): add one, so a stuck spawn
+        // delays only its own call.
+        if self.threads.idle.load(Ordering::Acquire) == 0
+            && self.threads.started.load(Ordering::Acquire) < MAX_SPAWNER_THREADS
+            && let Err(e) = start_thread(&self.threads)
+        {
+            warn!(error = %e, "cannot start another spawner thread");
+        }
         answer.await.map_err(|_| SpawnError::SpawnerGone)?
     }
+}
+
+fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
+    let threads = Arc::clone(shared);
+    let n = threads.started.fetch_add(1, Ordering::AcqRel);
+    let spawned = std::thread::Builder::new().name(format!("forkpool-spawn{n}")).spawn(move || {
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
+            // Without the mask the seed bug is possible: refuse to spawn at all.
+            error!(error = %e, "cannot block signals in a spawner thread; it runs no job");
+            park_forever();
+        }
+        let mut stack = vec![0u8; CHILD_STACK_BYTES];
+        let server_pid = getpid().as_raw();
+        loop {
+            threads.idle.fetch_add(1, Ordering::AcqRel);
+            let next = threads.incoming.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+            threads.idle.fetch_sub(1, Ordering::AcqRel);
+            let Ok(Request { command, entry, ticket, reply }) = next else { break };
+            let registry = &threads.registry;
+            let result = spawn_one(registry, &mut stack, server_pid, threads.announce_fd, &command, entry, &ticket);
+            if let Err(Ok(orphaned)) = reply.send(result) {
+                // The job went away during the spawn: nobody would ever end this worker.
+                registry.with_live_worker(orphaned.pid, |pid| kill::signal_group(pid, Signal::SIGKILL));
+            }
+        }
+        park_forever()
+    });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            shared.started.fetch_sub(1, Ordering::AcqRel);
+            Err(e)
+        }
+    }
+}
+
+/// Forks the guardian process (see [`crate::guardian`]) and runs `body` in it; the child exits when `body`
+/// returns. Refuses unless the process is single-threaded: only then is everything (the allocator, locks)
+/// in a consistent state in the child, so that it may run ordinary code.
+pub(crate) fn fork_guardian(socket: OwnedFd, body: impl FnOnce(OwnedFd)) -> std::io::Result<i32> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "the guardian must be started before any other thread exists ({threads} threads now)"
+        )));
+    }
+    // SAFETY: the process has one thread (checked above), so the child is a complete copy in a consistent
+    // state: no lock is held by a thread that does not exist in it.
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => {
+            prepare_guardian(socket.as_raw_fd());
+            body(socket);
+            // SAFETY: _exit ends the process without running the parent's atexit handlers or flushing
+            // buffers copied from it (which would print the server's pending output twice).
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+/// The guardian's process state: its own session (a group kill or a terminal's signals meant for the server
+/// do not reach it), a name, the stop signals ignored (it outlives a draining server by design), stdin and
+/// stdout on /dev/null, no fd but stderr and `keep`, and the OOM killer's last choice where allowed.
+fn prepare_guardian(keep: std::os::fd::RawFd) {
+    let _ = nix::unistd::setsid();
+    let _ = rustix::thread::set_name(c"forkpool-guard");
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        // SAFETY: SIG_IGN installs no handler, so no code can run asynchronously.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+    let open: Vec<std::os::fd::RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in open.into_iter().filter(|fd| *fd > 2 && *fd != keep) {
+        // SAFETY: the child owns no Rust object for these fds (inherited ones, and the directory listing's,
+        // now closed); `keep` is the one the guardian's body owns.
+        unsafe { libc::close(fd) };
+    }
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
 }
 
 /// The spawner thread is the parent of record for `PR_SET_PDEATHSIG`: it must never exit.
@@ -243,8 +373,10 @@ fn spawn_one(
     registry: &Registry,
     stack: &mut [u8],
     server_pid: libc::pid_t,
+    announce_fd: std::os::fd::RawFd,
     command: &Command,
     entry: WorkerEntry,
+    ticket: &Arc<SpawnTicket>,
 ) -> Result<Spawned, SpawnError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
     let (stdin_r, stdin_w) = pipe()?;
@@ -260,7 +392,11 @@ fn spawn_one(
     let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
     let envp: Vec<*const c_char> = command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect();
     let cgroup_procs: Vec<*const c_char> = command.cgroup_procs.iter().map(|p| p.as_ptr()).collect();
-    let plan = ChildPlan {
+    // Read here, before the child lowers RLIMIT_NOFILE for the job: the slow fd-closing fallback must reach
+    // every fd the server may have, not only those below the job's limit.
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(65_536, |(soft, _)| soft.min(1 << 20));
+    let mut plan = ChildPlan {
         program: command.program.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -274,6 +410,8 @@ fn spawn_one(
         stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
         report: report_w.as_raw_fd(),
         server_pid,
+        announce: announce_fd,
+        fd_limit: libc::c_int::try_from(fd_limit).unwrap_or(libc::c_int::MAX),
     };
     // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
     let cgroup_dir = match &command.cgroup_dir {
@@ -287,26 +425,14 @@ fn spawn_one(
         ),
         None => None,
     };
-    let pid = registry.spawn_registered(entry, || {
-        if let Some(dir) = &cgroup_dir {
-            let mut plan = plan;
-            plan.cgroup_first = 1;
-            match clone_into_cgroup(&plan, stack, dir.as_raw_fd()) {
-                Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP) => {}
-                other => return other.map_err(SpawnError::Resources),
-            }
-        }
-        // SAFETY: `child_main` runs in the child, which shares our memory (CLONE_VM) while this thread is
-        // suspended (CLONE_VFORK) until it execs or exits; everything `plan` points to lives in this frame,
-        // which outlives the clone. All signals are blocked in this thread, so the child starts with every
-        // signal blocked and no inherited handler can run. `child_main` only makes async-signal-safe calls,
-        // allocates nothing and never returns.
-        let child = Box::new(move || -> isize { unsafe { child_main(plan) } });
-        let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
-        unsafe { nix::sched::clone(child, stack, flags, Some(libc::SIGCHLD)) }
-            .map(|pid| pid.as_raw())
-            .map_err(SpawnError::Resources)
-    })?;
+    // The registry lock is not held across the clone, which lasts until the child execs (and an exec can
+    // hang): the kernel writes the child's pid into the ticket before the child runs, and the reaper leaves a
+    // pid that is in flight alone until `finish_spawn` has registered it.
+    if !registry.begin_spawn(ticket) {
+        return Err(SpawnError::Cancelled);
+    }
+    let cloned = clone_child(&mut plan, stack, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd), ticket.pid_ptr());
+    let pid = registry.finish_spawn(ticket, cloned, entry).map_err(SpawnError::Resources)?;
     drop(cgroup_dir);
     // Our copies of the child's ends must close, or EOF would never come.
     drop((stdin_r, stdout_w, stderr_w, report_w));
@@ -318,7 +444,11 @@ fn spawn_one(
         }
     };
     match read {
-        Ok(0) => Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r }),
+        Ok(0) => {
+            let server_peak_rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+                .map_or(u64::MAX, |usage| u64::try_from(usage.max_rss()).unwrap_or(0).saturating_mul(1024));
+            Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r, server_peak_rss })
+        }
         other => {
             // The child has exited (the reaper collects it); it is not a job any more.
             registry.forget_job(Some(pid), None);

@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_forkpool");
 
+/// The guardian's process name.
+pub const GUARDIAN: &str = "forkpool-guard";
+
 /// A running server. Dropping it kills it (SIGKILL) and waits for it, even when the test failed; the log
 /// is printed if the test is panicking.
 pub struct TestServer {
@@ -97,6 +100,18 @@ impl TestServer {
         ExecutorClient::new(channel)
     }
 
+    /// The `host:port` of the metrics endpoint (the server must run with `--metrics-listen`).
+    pub fn metrics_addr(&self) -> String {
+        let mut addr = None;
+        wait_until(Duration::from_secs(5), || {
+            addr = self.stdout_lines().iter().find_map(|l| {
+                l.strip_prefix("forkpool metrics on http://")?.strip_suffix("/metrics").map(String::from)
+            });
+            addr.is_some()
+        });
+        addr.expect("the metrics address on stdout")
+    }
+
     /// The lines the server printed on stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout lines").clone()
@@ -129,9 +144,14 @@ impl TestServer {
         None
     }
 
-    /// The server's direct children right now.
+    /// The server's direct children right now, but for its guardian (which lives as long as the server).
     pub fn children(&self) -> Vec<ProcInfo> {
-        all_processes().into_iter().filter(|p| p.ppid == self.pid).collect()
+        all_processes().into_iter().filter(|p| p.ppid == self.pid && p.comm != GUARDIAN).collect()
+    }
+
+    /// The server's guardian process.
+    pub fn guardian(&self) -> Option<ProcInfo> {
+        all_processes().into_iter().find(|p| p.ppid == self.pid && p.comm == GUARDIAN)
     }
 
     /// Asserts that within a few seconds the server has no zombie child (the reaper keeps up).
@@ -480,4 +500,39 @@ pub async fn assert_serving(client: &mut ExecutorClient<Channel>) {
     let out = run(client, job("echo", &["still", "serving"])).await;
     assert_eq!(out.stdout_text(), "still serving\n", "server stopped serving: {out:?}");
     assert_eq!(out.code(), Some(0));
+}
+
+/// The metrics endpoint's text (checked to be OpenMetrics over HTTP 200).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_lowercase().contains("content-type: application/openmetrics-text"), "{response}");
+    response
+}
+
+/// The value of one series (`name{labels}`) in scraped metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+}
+
+/// Live (not zombie) processes whose first argument is `tag` (`sleep <tag>`, `yes <tag>`): tests tag their
+/// jobs' processes with a unique argument to find whatever of them is left anywhere on the machine.
+pub fn tagged(tag: &str) -> Vec<ProcInfo> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.split(|b| *b == 0).nth(1).is_some_and(|arg| arg == tag.as_bytes()))
+        })
+        .collect()
+}
+
+/// A tag for [`tagged`], unique to this test process and `salt`.
+pub fn unique_tag(salt: u32) -> String {
+    format!("{}", 7_000_000 + (std::process::id() % 10_000) * 100 + salt)
 }
