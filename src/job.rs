@@ -224,6 +224,8 @@ impl Jobs {
         let ticket = Arc::new(SpawnTicket::default());
         let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
         tokio::pin!(spawning);
+        // How the call ended, if it did while its worker was being created (the worker was killed then).
+        let mut early = None;
         let spawned = tokio::select! {
             biased;
             spawned = &mut spawning => spawned,
@@ -238,6 +240,7 @@ impl Jobs {
                     // job as usual, the ending still being in force.
                     SpawnCancel::Killed => {
                         self.containment.kill_early(&container);
+                        early = Some(ending);
                         spawning.await
                     }
                 }
@@ -301,7 +304,7 @@ impl Jobs {
             stdin: Some(stdin_tx),
             pending_stdin: None,
             requests_open: true,
-            ending: None,
+            ending: early,
         };
         // A timeout too far away to represent is no timeout (checked: a client chooses it).
         let timeout_at = plan.timeout.and_then(|t| started_at.checked_add(t));

@@ -43,6 +43,7 @@ pub(crate) struct Supervisor<'a, S> {
     pub(crate) stdin: Option<mpsc::Sender<Vec<u8>>>,
     pub(crate) pending_stdin: Option<Vec<u8>>,
     pub(crate) requests_open: bool,
+    /// Set already if the call ended while the worker was being created.
     pub(crate) ending: Option<Ending>,
 }
 
@@ -68,6 +69,12 @@ where
         let (mut deadline, mut timeout, mut escalate) = (deadline, timeout, escalate);
         let mut escalation_armed = false;
         let mut ending_at = None;
+        if self.ending.is_some() {
+            // The call ended while the worker was being created: it may have exec'd before it could be
+            // killed, so kill it (and its group) now, without grace.
+            ending_at = Some(Instant::now());
+            self.killer.kill();
+        }
         loop {
             let ending = tokio::select! {
                 biased;

@@ -358,6 +358,8 @@ async fn in_a_delegated_cgroup_the_server_moves_into_a_leaf_and_jobs_go_beside_i
     let name = format!("forkpool-delegated-{}", std::process::id());
     let delegated = unified.join(&name);
     std::fs::create_dir_all(&delegated).expect("create the delegated cgroup");
+    // Delegate=yes gives the server its own subtree, not the parent: the parent's controllers stay as they are.
+    let parent_controls = std::fs::read_to_string(unified.join("cgroup.subtree_control")).expect("parent");
     let server =
         TestServer::start_in_shell(&format!("echo $$ > {}/cgroup.procs", delegated.display()), "--allow-raw-commands");
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid)).expect("server cgroup");
@@ -369,6 +371,8 @@ async fn in_a_delegated_cgroup_the_server_moves_into_a_leaf_and_jobs_go_beside_i
         job_line.starts_with(&format!("0::/{name}/instance-")) && job_line.contains("/job-"),
         "the job is not beside the server: {job_line}"
     );
+    let parent_after = std::fs::read_to_string(unified.join("cgroup.subtree_control")).expect("parent");
+    assert_eq!(parent_after, parent_controls, "the server changed its delegating parent's subtree_control");
     drop(client);
     drop(server);
     // Clean up: the server is gone, its job cgroups were removed; remove the leaf and the cgroup.

@@ -254,6 +254,24 @@ async fn malformed_frames_mid_call_get_invalid_argument_and_kill_the_job() {
     assert_eq!((status.started_total, status.finished_total), (3, 3));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transport_error_mid_call_kills_the_job_and_counts_once() {
+    let server = TestServer::start(&["--allow-raw-commands", "--metrics-listen", "127.0.0.1:0"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let (mut send, body, worker) = raw_call(&addr).await;
+    // The client resets its own stream with an error (not CANCEL): the request stream fails below gRPC.
+    send.send_reset(h2::Reason::INTERNAL_ERROR);
+    drop(body);
+    assert_all_gone(&[worker], Duration::from_secs(5));
+    let mut client = server.client().await;
+    let status = settled_status(&mut client).await;
+    assert_eq!((status.started_total, status.finished_total, status.cancelled_total), (1, 1, 1), "{status:?}");
+    let text = scrape(&server.metrics_addr());
+    assert_eq!(metric(&text, "forkpool_jobs_finished_total{reason=\"cancelled\"}"), Some(1.0), "{text}");
+    assert!(server.log_text().contains("Transport(Internal"), "{}", server.log_text());
+    assert_serving(&mut client).await;
+}
+
 /// The server's own instance cgroup under a test-made cgroup root.
 fn instance_dir(root: &std::path::Path) -> PathBuf {
     std::fs::read_dir(root)
