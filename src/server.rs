@@ -8,7 +8,7 @@
 //!
 //! The drain timeout bounds the whole shutdown, whatever the clients do: once `now` fires, events a client
 //! does not read are abandoned after [`ABANDON_AFTER`], job tasks get [`FORCE_BUDGET`] in all, and open
-//! calls get [`FORCED_CLOSE_GRACE`] to close before the transport is dropped; so the server returns within
+//! calls get a second to close before the transport is dropped; so the server returns within
 //! about four seconds of the drain timeout (or of a second signal).
 
 use std::sync::Arc;

@@ -70,7 +70,7 @@ impl pb::executor_server::Executor for ExecutorService {
         let first = requests
             .message()
             .await
-            .map_err(oversized_as_resource_exhausted)?
+            .map_err(first_request_status)?
             .ok_or_else(|| Status::invalid_argument("empty request stream: the first message must be `start`"))?;
         let start = match first.msg {
             Some(Msg::Start(start)) => start,
@@ -159,12 +159,18 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
-/// tonic reports a request over the size limit as `OUT_OF_RANGE`; gRPC servers say `RESOURCE_EXHAUSTED`.
-fn oversized_as_resource_exhausted(status: Status) -> Status {
-    if crate::supervise::is_oversized(&status) {
-        Status::resource_exhausted(format!("request message too large: {}", status.message()))
-    } else {
-        status
+/// The status for a failure to read the first request: tonic reports a request over the size limit as
+/// `OUT_OF_RANGE` (gRPC servers say `RESOURCE_EXHAUSTED`) and one that does not decode as `INTERNAL` (it is the
+/// client's: `INVALID_ARGUMENT`); transport errors pass through.
+fn first_request_status(status: Status) -> Status {
+    match crate::supervise::StreamError::of(&status) {
+        crate::supervise::StreamError::Oversized => {
+            Status::resource_exhausted(format!("request message too large: {}", status.message()))
+        }
+        crate::supervise::StreamError::Malformed => {
+            Status::invalid_argument(format!("malformed request: {}", status.message()))
+        }
+        crate::supervise::StreamError::Transport => status,
     }
 }
 

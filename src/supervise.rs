@@ -130,14 +130,16 @@ where
                 self.stdin = None;
                 None
             }
-            Some(Err(status)) if is_oversized(&status) => Some(Ending::TooLarge(status.message().to_string())),
-            Some(Err(status)) if is_malformed(&status) => {
-                Some(Ending::Invalid(format!("malformed request: {} (the job was killed)", status.message())))
-            }
-            Some(Err(status)) => {
-                debug!(%status, "request stream failed");
-                Some(Ending::Transport(status.code(), status.message().to_string()))
-            }
+            Some(Err(status)) => match StreamError::of(&status) {
+                StreamError::Oversized => Some(Ending::TooLarge(status.message().to_string())),
+                StreamError::Malformed => {
+                    Some(Ending::Invalid(format!("malformed request: {} (the job was killed)", status.message())))
+                }
+                StreamError::Transport => {
+                    debug!(%status, "request stream failed");
+                    Some(Ending::Transport(status.code(), status.message().to_string()))
+                }
+            },
             Some(Ok(request)) => match request.msg {
                 Some(Msg::Stdin(data)) => {
                     if self.stdin.is_some() && !data.is_empty() {
@@ -193,14 +195,28 @@ pub(crate) fn sleep_until_or_never(at: Option<Instant>) -> Pin<Box<Sleep>> {
     Box::pin(sleep_until(at.unwrap_or(never)))
 }
 
-/// Whether `status` is tonic's report of a request the client sent wrong (a message that does not decode,
-/// a bad compression flag, a frame cut short at the end of the stream), as opposed to a transport failure
-/// (`h2 protocol error: ...`, a connection error), which tonic reports with the same `INTERNAL` code.
-pub(crate) fn is_malformed(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Internal && !status.message().starts_with("h2 protocol error")
+/// What a request-stream error is. tonic's decoder builds its statuses itself, with no source; every error
+/// of the transport below it (h2, hyper, the socket) arrives with its error as the status's source. So the
+/// kind is read from the source and the code, never from the wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamError {
+    /// A message over the size limit (the decoder's `OUT_OF_RANGE`, or a decompression over the limit).
+    Oversized,
+    /// The client sent something that is not a gRPC message of this call: it does not decode, a bad
+    /// compression flag, a frame cut short by the end of the stream.
+    Malformed,
+    /// The transport failed under the call (the client reset the stream, the connection broke).
+    Transport,
 }
 
-/// Whether `status` is tonic's report of a request message over the size limit.
-pub(crate) fn is_oversized(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large")
+impl StreamError {
+    pub(crate) fn of(status: &tonic::Status) -> StreamError {
+        if std::error::Error::source(status).is_some() {
+            return StreamError::Transport;
+        }
+        match status.code() {
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => StreamError::Oversized,
+            _ => StreamError::Malformed,
+        }
+    }
 }

@@ -144,8 +144,19 @@ async fn a_message_that_does_not_decode_mid_call_gets_invalid_argument_and_kills
     assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
     assert!(end.message().contains("failed to decode") && end.message().contains("killed"), "{}", end.message());
     assert_all_gone(&[worker], Duration::from_secs(5));
+    // The same as the first message: refused with the same code, nothing started.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    tx.send(vec![0x0a, 0xff]).await.expect("queue");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/forkpool.v1.Executor/Execute");
+    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let refused = grpc.streaming(request, path, RawRequests).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("malformed request"), "{}", refused.message());
     let mut client = server.client().await;
     assert_serving(&mut client).await;
+    assert_eq!(settled_status(&mut client).await.started_total, 2);
 }
 
 /// One gRPC frame: compression flag, big-endian length, message.
