@@ -4,73 +4,57 @@
 //! each job runs in its own freshly spawned worker process, in its own session and process group, with clean
 //! signal state and no inherited file descriptors, and **lives exactly as long as its call**: when the call
 //! ends early (cancel, disconnect, deadline) the job and every process it started are killed and reaped.
+//! Nothing outlives the server either: a guardian process kills every job's processes if it dies.
 //!
-//! # The life of a job
+//! # The life of a job, and where each step lives
 //!
-//! 1. [`service`] receives an `Execute` call. The first request must be `start`; [`config`] turns it into a
-//!    validated [`config::JobPlan`] (catalog job or raw command, environment, timeout, kill grace).
-//! 2. [`pool`] admits the call: a free worker slot, a place in the FIFO queue (the client sees `queued`
+//! 1. [`server`] receives an `Execute` call ([`server::service`], the only place a `tonic::Status` is
+//!    built). The first request must be `start`; [`config`] turns it into a validated [`config::JobPlan`]
+//!    (catalog job or raw command, environment, timeout, kill grace, limits).
+//! 2. [`job::pool`] admits the call: a free worker slot, a place in the FIFO queue (the client sees `queued`
 //!    events with its position), or `RESOURCE_EXHAUSTED`.
-//! 3. [`job`] owns the rest of the call. With a slot, it asks [`spawn`] to start the worker: a dedicated
-//!    spawner thread that lives as long as the server (so `PR_SET_PDEATHSIG` means "the server died") clones
-//!    a child with `CLONE_VM | CLONE_VFORK` (with `clone3`, straight into the job's cgroup), sets it up with
-//!    async-signal-safe calls only, and execs.
-//!    The worker's pid is registered with the [`reaper`] before the reaper can collect it.
-//! 4. [`output`] pumps the worker's stdout and stderr into bounded chunks (back-pressure: a slow client
+//! 3. [`job`] owns the rest of the call. With a slot, [`containment`] makes the job's cgroup and private
+//!    directory, and [`process::spawn`] starts the worker: a long-lived spawner thread (so
+//!    `PR_SET_PDEATHSIG` means "the server died") clones a child that is born in the job's cgroup, sets it up
+//!    with async-signal-safe calls only, and execs. The kernel hands the child's pid to the
+//!    [`process::registry`] before the child runs.
+//! 4. [`job::output`] pumps the worker's stdout and stderr into bounded chunks (back-pressure: a slow client
 //!    slows the job, never grows the server); stdin and signals flow the other way.
-//! 5. The call ends. Cancellation is a [`tokio_util::sync::CancellationToken`] fired by a drop guard on the
-//!    response stream, by the deadline, by the job's timeout or by server shutdown; [`kill`] then sends
-//!    SIGTERM + SIGCONT to the job's group and SIGKILL after the grace period.
-//! 6. The [`reaper`] — the only caller of `wait4` in the server, which is a child subreaper — collects the
+//! 5. The call ends. [`job::supervise`] decides the ending (the worker's exit, cancel, deadline, timeout,
+//!    shutdown, output cap, an invalid request) and [`process::kill`] sends SIGTERM + SIGCONT to the job's
+//!    group and SIGKILL after the grace period.
+//! 6. The [`process::reaper`], the only caller of `wait4` (the server is a child subreaper), collects the
 //!    worker, kills what is left of its group while the zombie still pins the group id, and reaps every
-//!    orphan, attributing it to its job. [`job`] sends exactly one `exited` event (or one error status).
+//!    orphan, attributing it to its job. [`containment`] kills whatever escaped (the whole cgroup), waits
+//!    until all of it is reaped, and removes the cgroup and directory. [`job`] sends exactly one `exited`
+//!    event (or one error status).
+//!
+//! Should the server die instead, [`containment::guardian`] kills every job's processes within a second.
 //!
 //! # Layout
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | config file and flags, the job catalog, request validation |
-//! | [`server`] | wiring: gRPC server, health, reflection, keepalive, shutdown |
-//! | [`handshake`] | a deadline for a new connection's first bytes |
-//! | [`service`] | the tonic service; the only place a `tonic::Status` is built |
-//! | [`auth`] | bearer tokens and what each may run |
-//! | [`pool`] | worker slots and the FIFO queue |
-//! | [`job`] | one job's life: wait for a slot, spawn, stream, kill, report |
-//! | `supervise` | the running phase: requests in, endings decided, kill started |
-//! | [`spawn`] | the spawner thread: clone + exec, the only fork-time unsafe code |
-//! | [`reaper`] | subreaper, SIGCHLD loop, worker registry, orphan records |
-//! | [`kill`] | signalling a job's process group safely; hunting escapers without cgroups |
-//! | [`containment`] | a job's cgroup, directory and limits; killing and reaping all that is left |
-//! | [`cgroup`] | per-job cgroups: membership, limits, kill, leftovers of a crash |
-//! | [`guardian`] | the process that kills every job's processes when the server dies |
-//! | [`metrics`] | Prometheus metrics and the `GetStatus` counters |
-//! | [`limits`] | resource limits and how each is enforced |
-//! | [`workdir`] | private working directories |
-//! | [`output`] | pipes to bounded chunks |
-//! | [`client`] | the `forkpool run`, `jobs` and `status` commands |
-//! | [`mod@bench`] | `forkpool bench`: figures against the physical floor |
+//! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
+//! | [`job`] | one call's life: the pool, supervision (endings decided), stdio pumps, the report, the counters |
+//! | [`process`] | spawning (the only fork-time unsafe code), the registry, the reaper (the only waiter), killing, `/proc` |
+//! | [`containment`] | cgroups, working directories, a crashed server's leftovers, the guardian |
+//! | [`config`] | the file's schema and the catalog, the request plan, limits, units |
+//! | [`cli`] | `forkpool run`, `jobs`, `status` and `bench` |
+//!
+//! Dependencies point down this list and never back up: `job` uses `process` and `containment`, which know
+//! nothing of calls; `process` knows nothing of containment (the guardian is injected as a
+//! [`process::registry::SessionWatch`]).
 
-pub mod auth;
-pub mod bench;
-pub mod cgroup;
-pub mod client;
+// The map above links every module, public or not: `cargo doc --document-private-items` renders it whole.
+#![allow(rustdoc::private_intra_doc_links)]
+
+pub mod cli;
 pub mod config;
 pub mod containment;
-pub mod guardian;
-pub mod handshake;
-pub mod job;
-pub mod kill;
-pub mod limits;
-pub mod metrics;
-pub mod output;
-pub mod pool;
-pub mod reaper;
+pub(crate) mod job;
+pub mod process;
 pub mod server;
-pub mod service;
-pub mod spawn;
-mod supervise;
-mod sys;
-pub mod workdir;
 
 /// Code generated from `proto/forkpool/v1/forkpool.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

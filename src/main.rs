@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use forkpool::client::{self, CallFailed, Connection, DEFAULT_SERVER, RunOptions};
-use forkpool::config::{CgroupMode, Config, parse_duration};
-use forkpool::limits::parse_size;
+use forkpool::cli::{self, CallFailed, Connection, DEFAULT_SERVER, RunOptions};
+use forkpool::config::units::parse_duration;
+use forkpool::config::{CgroupMode, Config};
 use forkpool::server::{self, Shutdown};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -91,12 +91,6 @@ struct ServeArgs {
     /// Log level or filter (e.g. `info`, `debug`, `forkpool=debug,info`); `RUST_LOG` overrides it.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Benchmarks only: keep this many bytes of touched memory, to measure spawning from a large server.
-    #[arg(long, hide = true, value_parser = parse_size)]
-    bench_ballast: Option<u64>,
-    /// Tests only: a job task running this catalog job panics (the server aborts; its guardian cleans up).
-    #[arg(long, hide = true)]
-    inject_panic_on_job: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -131,7 +125,7 @@ struct ConnectArgs {
 impl ConnectArgs {
     fn connection(self) -> anyhow::Result<Connection> {
         let token = match &self.token_file {
-            Some(path) => Some(client::read_token(path)?),
+            Some(path) => Some(cli::read_token(path)?),
             None => std::env::var("FORKPOOL_TOKEN").ok().filter(|t| !t.is_empty()),
         };
         Ok(Connection {
@@ -173,13 +167,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The guardian is forked first, while this process has one thread (the runtime's come next).
     let guardian = match &cli.command {
-        Command::Serve(args) => match forkpool::guardian::Guardian::start(matches!(args.log_format, LogFormat::Json)) {
-            Ok(guardian) => Some(guardian),
-            Err(e) => {
-                eprintln!("forkpool: cannot start the guardian process: {e}");
-                return ExitCode::from(1);
+        Command::Serve(args) => {
+            match forkpool::containment::guardian::Guardian::start(matches!(args.log_format, LogFormat::Json)) {
+                Ok(guardian) => Some(guardian),
+                Err(e) => {
+                    eprintln!("forkpool: cannot start the guardian process: {e}");
+                    return ExitCode::from(1);
+                }
             }
-        },
+        }
         _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -201,13 +197,11 @@ fn main() -> ExitCode {
                     env: args.env,
                     args: args.args,
                 };
-                client::run(options).await
+                cli::run(options).await
             }
-            Command::Jobs(args) => client::jobs(&args.connection()?).await.map(|()| 0),
-            Command::Status(args) => client::status(&args.connection()?).await.map(|()| 0),
-            Command::Bench { quick, server_args } => {
-                forkpool::bench::run(forkpool::bench::BenchOptions { quick, server_args }).await.map(|()| 0)
-            }
+            Command::Jobs(args) => cli::jobs(&args.connection()?).await.map(|()| 0),
+            Command::Status(args) => cli::status(&args.connection()?).await.map(|()| 0),
+            Command::Bench { quick, server_args } => bench(quick, server_args),
         }
     });
     let code = match code {
@@ -221,7 +215,30 @@ fn main() -> ExitCode {
     std::process::exit(code)
 }
 
-async fn serve(args: ServeArgs, guardian: Option<forkpool::guardian::Guardian>) -> anyhow::Result<()> {
+/// `forkpool bench`: runs the benchmark binary installed beside this one, `forkpool-bench`.
+fn bench(quick: bool, server_args: Vec<String>) -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    let bench = exe.with_file_name("forkpool-bench");
+    let mut command = std::process::Command::new(&bench);
+    if quick {
+        command.arg("--quick");
+    }
+    for arg in server_args {
+        command.arg(format!("--server-arg={arg}"));
+    }
+    let error = command.exec();
+    Err(anyhow::anyhow!("cannot run {}: {error}", bench.display()))
+}
+
+/// Fault injection for the crash tests, in debug builds only: `FORKPOOL_TEST_PANIC_ON_JOB=NAME` makes the job
+/// task of catalog job NAME panic (the server then aborts, and its guardian cleans up). Release builds have
+/// no such hook.
+fn test_fault_panic_on_job() -> Option<String> {
+    if cfg!(debug_assertions) { std::env::var("FORKPOOL_TEST_PANIC_ON_JOB").ok() } else { None }
+}
+
+async fn serve(args: ServeArgs, guardian: Option<forkpool::containment::guardian::Guardian>) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => tracing_subscriber::EnvFilter::try_new(filter),
         _ => tracing_subscriber::EnvFilter::try_new(&args.log_level),
@@ -260,7 +277,7 @@ async fn serve(args: ServeArgs, guardian: Option<forkpool::guardian::Guardian>) 
     if let Some(mode) = args.cgroups {
         config.cgroups = mode;
     }
-    config.prepare()?;
+    let config = config.prepare()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -286,10 +303,8 @@ async fn serve(args: ServeArgs, guardian: Option<forkpool::guardian::Guardian>) 
             }
         }
     });
-    let ballast = args.bench_ballast.map(forkpool::bench::ballast);
-    let process = server::Process { guardian, panic_on_job: args.inject_panic_on_job };
+    let process = server::Process { guardian, panic_on_job: test_fault_panic_on_job() };
     server::run(listener, config, shutdown, process).await?;
-    drop(std::hint::black_box(ballast));
     info!("stopped");
     Ok(())
 }

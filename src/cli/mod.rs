@@ -1,0 +1,269 @@
+//! The command-line client: `forkpool run`, `forkpool jobs`, `forkpool status`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::pb::{self, execute_request::Msg, execute_response::Event, executor_client::ExecutorClient};
+
+/// HTTP/2 receive window the client advertises per stream (bytes).
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
+
+/// Where the client connects when `--server` is not given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Exit code of `forkpool run` when the server refused or failed the call.
+pub const EXIT_CALL_FAILED: i32 = 125;
+/// Exit code of `forkpool run` when the program could not be executed.
+pub const EXIT_CANNOT_EXECUTE: i32 = 127;
+/// Exit code of `forkpool run` after Ctrl-C (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// How to reach a server: its URL, TLS material and bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `http://HOST:PORT`, or `https://` for TLS.
+    pub server: String,
+    /// PEM CA bundle to verify the server with (TLS).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate and key (mutual TLS).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name to verify the server's certificate against [default: the URL's host].
+    pub domain: Option<String>,
+    /// Bearer token sent as `authorization: Bearer ...`.
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token (if any) to every call.
+#[derive(Debug, Clone)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connected client.
+pub type Client = ExecutorClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
+
+/// Connects to a forkpool server.
+pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
+    let server = &connection.server;
+    let mut endpoint = Channel::from_shared(server.to_string())
+        .with_context(|| format!("invalid server URL {server:?}"))?
+        // Large receive windows: with HTTP/2's default 64 KiB the server stalls for a round trip every
+        // 64 KiB of a job's output.
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW * 2)
+        // Lets a whole 64 KiB output chunk travel in one DATA frame.
+        .max_frame_size(256 * 1024);
+    if server.starts_with("https://") || connection.ca_cert.is_some() || connection.identity.is_some() {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &connection.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = &connection.identity {
+            let cert = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &connection.domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {server}"))?;
+    let token = match &connection.token {
+        Some(token) => Some(format!("Bearer {token}").parse().context("the token is not valid ASCII metadata")?),
+        None => None,
+    };
+    Ok(ExecutorClient::with_interceptor(channel, Credentials(token)))
+}
+
+/// Reads the first token of a token file (`TOKEN [jobs]` lines, `#` comments).
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    crate::config::token_lines(&text)
+        .next()
+        .and_then(|(_, line)| line.split_whitespace().next())
+        .map(String::from)
+        .with_context(|| format!("no token in {}", path.display()))
+}
+
+/// What `forkpool run` should do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The server.
+    pub connection: Connection,
+    /// Catalog job; without it, `args` is a raw command.
+    pub job: Option<String>,
+    /// Job timeout.
+    pub timeout: Option<Duration>,
+    /// Kill grace.
+    pub kill_grace: Option<Duration>,
+    /// Environment entries.
+    pub env: Vec<(String, String)>,
+    /// The job's extra args, or the raw argv.
+    pub args: Vec<String>,
+}
+
+/// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
+/// 128+N when a signal N killed it).
+pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    let mut client = connect(&options.connection).await?;
+    let (job, args, command) = match options.job {
+        Some(job) => (job, options.args, Vec::new()),
+        None if options.args.is_empty() => bail!("nothing to run: give --job NAME or a command after --"),
+        None => (String::new(), Vec::new(), options.args),
+    };
+    let start = pb::StartJob {
+        job,
+        args,
+        command,
+        env: options.env.into_iter().collect(),
+        timeout: options.timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        kill_grace: options.kill_grace.and_then(|d| prost_types::Duration::try_from(d).ok()),
+    };
+    let (requests, outgoing) = mpsc::channel(4);
+    requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
+    tokio::spawn(forward_stdin(requests));
+    let mut responses = client.execute(ReceiverStream::new(outgoing)).await.map_err(call_failed)?.into_inner();
+
+    let show_queue = std::io::stderr().is_terminal();
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    // Created once, before the first event: a SIGINT that arrives while output is being written (even into
+    // a pipe nobody reads) is kept and seen, never lost between two waits.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        let step = async {
+            let event = match responses.message().await {
+                Ok(Some(pb::ExecuteResponse { event: Some(event) })) => event,
+                Ok(Some(_)) => return Ok(None),
+                Ok(None) => bail!("the server ended the call without an exit status"),
+                Err(status) => return Err(call_failed(status)),
+            };
+            match event {
+                Event::Queued(q) if show_queue => eprint!("\rforkpool: queued, position {}   ", q.position),
+                Event::Queued(_) => {}
+                Event::Started(_) if show_queue => eprint!("\r\x1b[K"),
+                Event::Started(_) => {}
+                Event::Stdout(bytes) => {
+                    stdout.write_all(&bytes).await?;
+                    stdout.flush().await?;
+                }
+                Event::Stderr(bytes) => {
+                    stderr.write_all(&bytes).await?;
+                    stderr.flush().await?;
+                }
+                Event::Exited(exited) => {
+                    return Ok(Some(match exited.status {
+                        Some(pb::exited::Status::Code(code)) => code,
+                        Some(pb::exited::Status::Signal(signal)) => 128 + signal,
+                        None => EXIT_CALL_FAILED,
+                    }));
+                }
+            }
+            Ok(None)
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {
+                eprintln!("\nforkpool: interrupted; the job is cancelled");
+                return Ok(EXIT_INTERRUPTED);
+            }
+            step = step => if let Some(code) = step? {
+                return Ok(code);
+            },
+        }
+    }
+}
+
+/// Forwards our stdin to the job; EOF closes the job's stdin.
+async fn forward_stdin(requests: mpsc::Sender<pb::ExecuteRequest>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let msg = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => Msg::CloseStdin(pb::CloseStdin {}),
+            Ok(n) => Msg::Stdin(buf[..n].to_vec()),
+        };
+        let last = matches!(msg, Msg::CloseStdin(_));
+        if requests.send(pb::ExecuteRequest { msg: Some(msg) }).await.is_err() || last {
+            // Keep the request stream open after close_stdin: half-closing is fine too, but this way the
+            // request side ends only with the call.
+            if last {
+                requests.closed().await;
+            }
+            return;
+        }
+    }
+}
+
+/// An error carrying the exit code `forkpool run` should use for a failed call.
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct CallFailed {
+    /// The gRPC status code.
+    pub code: tonic::Code,
+    /// The server's message.
+    pub message: String,
+}
+
+impl CallFailed {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        if self.code == tonic::Code::FailedPrecondition { EXIT_CANNOT_EXECUTE } else { EXIT_CALL_FAILED }
+    }
+}
+
+fn call_failed(status: tonic::Status) -> anyhow::Error {
+    CallFailed { code: status.code(), message: status.message().to_string() }.into()
+}
+
+/// Prints the server's job catalog.
+pub async fn jobs(connection: &Connection) -> anyhow::Result<()> {
+    let reply = connect(connection).await?.list_jobs(pb::ListJobsRequest {}).await.map_err(call_failed)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<16} {:<5} {:<12} {:<24} DESCRIPTION", "NAME", "ARGS", "MAX TIMEOUT", "COMMAND")?;
+    for job in reply.jobs {
+        let max = job
+            .max_timeout
+            .and_then(|d| Duration::try_from(d).ok())
+            .map_or_else(|| "-".to_string(), |d| humantime::format_duration(d).to_string());
+        let args = if job.accepts_args { "yes" } else { "no" };
+        writeln!(out, "{:<16} {:<5} {:<12} {:<24} {}", job.name, args, max, job.command.join(" "), job.description)?;
+    }
+    writeln!(out, "raw commands: {}", if reply.raw_commands_allowed { "allowed" } else { "not allowed" })?;
+    Ok(())
+}
+
+/// Prints the server's status.
+pub async fn status(connection: &Connection) -> anyhow::Result<()> {
+    let s = connect(connection).await?.get_status(pb::GetStatusRequest {}).await.map_err(call_failed)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "workers:         {} ({} running)", s.workers, s.running)?;
+    writeln!(out, "queue:           {} of {}", s.queued, s.queue_capacity)?;
+    writeln!(out, "started:         {}", s.started_total)?;
+    writeln!(out, "finished:        {}", s.finished_total)?;
+    writeln!(out, "cancelled:       {}", s.cancelled_total)?;
+    writeln!(out, "timed out:       {}", s.timed_out_total)?;
+    writeln!(out, "rejected:        {}", s.rejected_total)?;
+    writeln!(out, "orphans reaped:  {}", s.orphans_reaped_total)?;
+    let mode = match pb::ContainmentMode::try_from(s.containment) {
+        Ok(pb::ContainmentMode::Cgroup) => "cgroup",
+        Ok(pb::ContainmentMode::ProcessGroup) => "process group",
+        _ => "unknown",
+    };
+    writeln!(out, "containment:     {mode} ({})", s.containment_detail)?;
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Per-job cgroups: the strong containment mode.
+//!
+//! Process groups are not enough: a job that calls `setsid` or double-forks leaves its group. In cgroup mode
+//! every job gets its own cgroup v2 directory, which the worker is born into (or joins between clone and
+//! exec), so everything it ever starts is inside. Ending a job writes `cgroup.kill` (or freezes and SIGKILLs
+//! on kernels without it), waits for `cgroup.events` to say `populated 0`, and removes the directory.
+//!
+//! The tree: `<root>/instance-<pid>-<nonce>/job-<job id>`. Each server process makes its own instance
+//! cgroup and holds an exclusive `flock` on it for as long as it lives, so "is the server that made this
+//! alive?" is answered by the kernel, whatever the binary is called and however many servers share the root
+//! (two PID-1 servers of different containers have the same pid). The guardian kills the whole instance with
+//! one write when the server dies; at start-up, instances whose lock can be taken are a dead server's: they
+//! are killed and removed.
+//!
+//! Only cgroups inside the server's own are configured: in a delegated cgroup (systemd `Delegate=yes`, a
+//! container) the parent's `cgroup.subtree_control` belongs to whoever delegated it.
+//!
+//! Limits use the v2 controllers enabled for the tree. On hybrid hosts (v2 mounted at
+//! `/sys/fs/cgroup/unified`, controllers still bound to v1) the memory, pids and cpu limits use the v1
+//! hierarchies instead, with a directory of the same name; membership, kill and emptiness stay v2.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::leftovers::lock_exclusive;
+use crate::config::limits::Limits;
+
+/// The limit controllers forkpool uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+}
+
+/// Where job cgroups live, and how limits are applied.
+#[derive(Debug)]
+pub(crate) struct CgroupTree {
+    /// The v2 directory holding the servers' instance cgroups.
+    pub(super) root: PathBuf,
+    /// This server's instance cgroup: every job cgroup is inside.
+    pub(super) instance: PathBuf,
+    /// The instance's name, also used in the v1 hierarchies.
+    pub(super) instance_name: String,
+    /// The open instance directory with our exclusive `flock` on it: the proof that this server is alive.
+    lock: Mutex<Option<OwnedFd>>,
+    /// The cgroups above the instance whose `subtree_control` this server may write (its own).
+    configurable: Vec<PathBuf>,
+    /// Controllers usable in job cgroups of the v2 tree.
+    v2: BTreeSet<&'static str>,
+    /// v1 hierarchies standing in for controllers the v2 tree lacks: (controller, directory holding the
+    /// instances there).
+    pub(super) v1: Vec<(Controller, PathBuf)>,
+}
+
+/// One job's cgroup.
+#[derive(Debug)]
+pub(crate) struct JobCgroup {
+    pub(super) name: String,
+    pub(super) v2: PathBuf,
+    pub(super) v1: Vec<(Controller, PathBuf)>,
+    /// The v2 memory controller is enabled for it (`memory.events`, `memory.peak`).
+    pub(super) v2_memory: bool,
+}
+
+/// An OS error with the path it is about; the OS error stays reachable as the source (its errno decides
+/// the gRPC code, see [`os_error`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub(crate) struct PathError {
+    path: String,
+    #[source]
+    source: io::Error,
+}
+
+/// `error` with `path` for context, keeping its kind and errno.
+pub(crate) fn at_path(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), PathError { path: path.display().to_string(), source: error })
+}
+
+/// The errno of `error`, or of the OS error it wraps.
+pub(crate) fn os_error(error: &io::Error) -> Option<i32> {
+    error.raw_os_error().or_else(|| error.get_ref()?.downcast_ref::<PathError>()?.source.raw_os_error())
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(path, value).map_err(|e| at_path(path, e))
+}
+
+/// The mount point of the cgroup v2 hierarchy, and v1 mounts by controller, from `/proc/self/mountinfo`.
+fn mounts() -> (Option<PathBuf>, Vec<(String, PathBuf)>) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v2 = None;
+    let mut v1 = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some(mount_point) = left.split_whitespace().nth(4) else { continue };
+        let mut right = right.split_whitespace();
+        match (right.next(), right.nth(1)) {
+            (Some("cgroup2"), _) => v2 = v2.or(Some(PathBuf::from(mount_point))),
+            (Some("cgroup"), Some(options)) => {
+                for option in options.split(',') {
+                    v1.push((option.to_string(), PathBuf::from(mount_point)));
+                }
+            }
+            _ => {}
+        }
+    }
+    (v2, v1)
+}
+
+/// This process's cgroup paths from `/proc/self/cgroup`: (controllers, path); v2 has empty controllers.
+fn own_cgroups() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Moves this whole process, and `companions` (the guardian), into cgroup `leaf` (created if needed).
+fn move_into_leaf(leaf: &Path, companions: &[i32]) -> io::Result<()> {
+    match std::fs::create_dir(leaf) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    for pid in companions.iter().copied().chain(std::iter::once(std::process::id() as i32)) {
+        write(&leaf.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
+}
+
+fn probe_writable(dir: &Path, server_pid: i32) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!("probe-{server_pid}"));
+    let _ = std::fs::remove_dir(&probe);
+    std::fs::create_dir(&probe)?;
+    std::fs::remove_dir(&probe)
+}
+
+impl CgroupTree {
+    /// Finds a writable cgroup v2 tree for job cgroups: `configured` if given, else `forkpool/` under this
+    /// process's cgroup when that is the hierarchy root, else this process's (delegated) cgroup itself, after
+    /// moving the server (and `companions`, the guardian) into its `server` leaf. Kills and removes the
+    /// instances of dead servers there, then makes and locks this server's own instance.
+    pub(crate) async fn discover(
+        configured: Option<&Path>,
+        companions: &[i32],
+        instance: &str,
+    ) -> Result<CgroupTree, String> {
+        let server_pid = std::process::id() as i32;
+        let (v2_mount, v1_mounts) = mounts();
+        let own = own_cgroups();
+        let (root, configurable) = match configured {
+            // The operator's choice: its parent is theirs to configure.
+            Some(root) => (root.to_path_buf(), vec![root.to_path_buf()]),
+            None => {
+                let mount = v2_mount.ok_or("no cgroup v2 hierarchy is mounted")?;
+                let path = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.clone()).unwrap_or_default();
+                let own_dir = mount.join(path.trim_start_matches('/'));
+                if own_dir == mount {
+                    // The server is in the hierarchy's root cgroup: that one is its own to configure.
+                    (own_dir.join("forkpool"), vec![own_dir.clone(), own_dir.join("forkpool")])
+                } else {
+                    // A delegated cgroup (systemd `Delegate=yes`, a container): cgroup v2 lets a cgroup with
+                    // processes enable no controllers for its children, so the server moves itself into a
+                    // leaf first and its jobs get cgroups beside it.
+                    if let Err(e) = move_into_leaf(&own_dir.join("server"), companions) {
+                        warn!(error = %e, "cannot move the server into a leaf of its cgroup; jobs may get no limits");
+                    }
+                    (own_dir.clone(), vec![own_dir])
+                }
+            }
+        };
+        probe_writable(&root, server_pid).map_err(|e| format!("{} is not writable: {e}", root.display()))?;
+        if !root.join("cgroup.procs").exists() {
+            return Err(format!("{} is not a cgroup v2 directory", root.display()));
+        }
+        let mut v1 = Vec::new();
+        let offered = enable_controllers(&configurable);
+        for controller in Controller::ALL {
+            if offered.contains(controller.name()) {
+                continue;
+            }
+            let mount = v1_mounts.iter().find(|(option, _)| option == controller.name());
+            let path = own.iter().find(|(cs, _)| cs.split(',').any(|c| c == controller.name()));
+            if let (Some((_, mount)), Some((_, path))) = (mount, path) {
+                let dir = mount.join(path.trim_start_matches('/')).join("forkpool");
+                match probe_writable(&dir, server_pid) {
+                    Ok(()) => v1.push((controller, dir)),
+                    Err(e) => warn!(controller = controller.name(), error = %e, "v1 controller not usable"),
+                }
+            }
+        }
+        let name = instance.to_string();
+        let mut tree = CgroupTree {
+            instance: root.join(&name),
+            instance_name: name,
+            root,
+            lock: Mutex::new(None),
+            configurable,
+            v2: BTreeSet::new(),
+            v1,
+        };
+        let cleaned = tree.clean_leftovers().await;
+        if cleaned > 0 {
+            info!(cleaned, "removed job cgroups left by crashed servers");
+        }
+        tree.v2 = tree.make_instance().map_err(|e| format!("cannot make {}: {e}", tree.instance.display()))?;
+        Ok(tree)
+    }
+
+    /// Makes (or makes again) the instance cgroup, locks it and enables the limit controllers in it; returns
+    /// the controllers job cgroups get.
+    fn make_instance(&self) -> io::Result<BTreeSet<&'static str>> {
+        std::fs::create_dir_all(&self.instance)?;
+        for (_, root) in &self.v1 {
+            std::fs::create_dir_all(root.join(&self.instance_name))?;
+        }
+        let lock = lock_exclusive(&self.instance, false)?
+            .ok_or_else(|| io::Error::other("another server holds the lock of this server's own instance"))?;
+        *self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+        let mut dirs = self.configurable.clone();
+        dirs.push(self.instance.clone());
+        Ok(enable_controllers(&dirs))
+    }
+
+    /// This server's instance cgroup, which the guardian kills if the server dies.
+    pub(crate) fn instance(&self) -> &Path {
+        &self.instance
+    }
+
+    /// This server's instance directories in the v1 hierarchies (hybrid hosts).
+    pub(crate) fn v1_instances(&self) -> Vec<PathBuf> {
+        self.v1.iter().map(|(_, root)| root.join(&self.instance_name)).collect()
+    }
+
+    /// One line for logs and `GetStatus`.
+    pub(crate) fn describe(&self) -> String {
+        let mut controllers: Vec<String> = self.v2.iter().map(|c| format!("{c} (v2)")).collect();
+        controllers.extend(self.v1.iter().map(|(c, _)| format!("{} (v1)", c.name())));
+        let controllers = if controllers.is_empty() { "none".to_string() } else { controllers.join(", ") };
+        format!("cgroup v2 at {}; limit controllers: {controllers}", self.instance.display())
+    }
+
+    /// Whether memory limits are enforced by a cgroup (else `RLIMIT_AS`).
+    pub(crate) fn enforces(&self, limit: &str) -> bool {
+        self.v2.contains(limit) || self.v1.iter().any(|(c, _)| c.name() == limit)
+    }
+
+    /// Creates a job's cgroup with its limits.
+    pub(crate) fn create(&self, job_id: &str, limits: &Limits) -> io::Result<JobCgroup> {
+        let name = format!("job-{job_id}");
+        let v2 = self.instance.join(&name);
+        if let Err(e) = std::fs::create_dir(&v2) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            // The tree was removed underneath the server: make it again (and lock it again), once.
+            warn!(instance = %self.instance.display(), "the job cgroup tree is gone; recreating it");
+            self.make_instance()?;
+            std::fs::create_dir(&v2)?;
+        }
+        let mut cgroup = JobCgroup { name, v2, v1: Vec::new(), v2_memory: self.v2.contains("memory") };
+        // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
+        let result = self.apply_limits(&mut cgroup, limits);
+        if result.is_err() {
+            let _ = cgroup.remove();
+        }
+        result.map(|()| cgroup)
+    }
+
+    fn apply_limits(&self, cgroup: &mut JobCgroup, limits: &Limits) -> io::Result<()> {
+        let quota = limits.cpu.map(|cores| ((cores * 100_000.0) as u64).max(1000));
+        for controller in Controller::ALL {
+            let wanted = match controller {
+                // Always, for the job's peak memory (`max_rss_bytes`), limited or not.
+                Controller::Memory => true,
+                Controller::Pids => limits.processes.is_some(),
+                Controller::Cpu => quota.is_some(),
+            };
+            if !wanted {
+                continue;
+            }
+            if self.v2.contains(controller.name()) {
+                let dir = &cgroup.v2;
+                match controller {
+                    Controller::Memory => {
+                        if let Some(bytes) = limits.memory {
+                            write(&dir.join("memory.max"), &bytes.to_string())?;
+                            // No swap: a job over its memory is OOM-killed, not slowed to a crawl.
+                            let _ = write(&dir.join("memory.swap.max"), "0");
+                        }
+                    }
+                    Controller::Pids => {
+                        write(&dir.join("pids.max"), &limits.processes.unwrap_or_default().to_string())?
+                    }
+                    Controller::Cpu => write(&dir.join("cpu.max"), &format!("{} 100000", quota.unwrap_or_default()))?,
+                }
+            } else if let Some((_, root)) = self.v1.iter().find(|(c, _)| *c == controller) {
+                let dir = root.join(&self.instance_name).join(&cgroup.name);
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                    std::fs::create_dir_all(&dir)?;
+                }
+                cgroup.v1.push((controller, dir.clone()));
+                match controller {
+                    Controller::Memory => {
+                        if let Some(bytes) = limits.memory {
+                            let bytes = bytes.to_string();
+                            write(&dir.join("memory.limit_in_bytes"), &bytes)?;
+                            let memsw = dir.join("memory.memsw.limit_in_bytes");
+                            if memsw.exists() {
+                                let _ = write(&memsw, &bytes);
+                            }
+                        }
+                    }
+                    Controller::Pids => {
+                        write(&dir.join("pids.max"), &limits.processes.unwrap_or_default().to_string())?
+                    }
+                    Controller::Cpu => {
+                        write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                        write(&dir.join("cpu.cfs_quota_us"), &quota.unwrap_or_default().to_string())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this server's instance cgroups (at a clean exit, once every job cgroup is gone).
+    pub(crate) fn remove_instance(&self) {
+        for (_, root) in &self.v1 {
+            let _ = std::fs::remove_dir(root.join(&self.instance_name));
+        }
+        let _ = std::fs::remove_dir(&self.instance);
+    }
+}
+
+/// Turns on the limit controllers in each of `dirs`' `cgroup.subtree_control`, top-down (a cgroup can pass
+/// on only what its parent passed to it), and returns those then usable by children of the last. Only the
+/// server's own cgroups are ever given here: never the parent of a delegated cgroup. Moving processes is
+/// never needed: a fresh directory has none, and a delegated one with processes simply gets none enabled
+/// (then limits fall back to v1 or rlimits).
+fn enable_controllers(dirs: &[PathBuf]) -> BTreeSet<&'static str> {
+    for dir in dirs {
+        for controller in Controller::ALL {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{}", controller.name()));
+        }
+    }
+    let Some(last) = dirs.last() else { return BTreeSet::new() };
+    let enabled = std::fs::read_to_string(last.join("cgroup.subtree_control")).unwrap_or_default();
+    Controller::ALL.iter().map(|c| c.name()).filter(|c| enabled.split_whitespace().any(|e| e == *c)).collect()
+}
+
+impl JobCgroup {
+    /// The directory name (also how the reaper attributes a reaped process to this job).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The v2 directory: the worker is created in it (`CLONE_INTO_CGROUP`) or writes itself into it.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.v2
+    }
+
+    /// The `cgroup.procs` files of the v1 hierarchies, which the worker writes itself into before exec.
+    pub(crate) fn v1_procs_files(&self) -> Vec<PathBuf> {
+        self.v1.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+    }
+
+    /// Whether `pid` exists (a zombie too) and is in this cgroup.
+    pub(crate) fn holds(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| text.lines().any(|l| l.starts_with("0::") && l.ends_with(&format!("/{}", self.name))))
+    }
+
+    /// Pids in the cgroup now.
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.v2.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Whether any live process is in the cgroup.
+    pub(crate) fn populated(&self) -> bool {
+        std::fs::read_to_string(self.v2.join("cgroup.events"))
+            .map(|events| events.lines().any(|l| l.trim() == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILLs every process in the cgroup: `cgroup.kill`, or freeze, kill each, thaw (kernels < 5.14).
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        let kill = self.v2.join("cgroup.kill");
+        if kill.exists() {
+            return write(&kill, "1");
+        }
+        write(&self.v2.join("cgroup.freeze"), "1")?;
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        write(&self.v2.join("cgroup.freeze"), "0")
+    }
+
+    /// Kills everything and waits (bounded) until the cgroup is empty. Returns whether it emptied.
+    pub(crate) async fn kill_and_wait(&self, timeout: Duration) -> bool {
+        let give_up = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.populated() {
+                return true;
+            }
+            if let Err(e) = self.kill() {
+                warn!(cgroup = %self.name, error = %e, "cannot kill the job's cgroup");
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The job's peak memory (the whole tree's, page cache included): v2 `memory.peak` (Linux 5.19+) or v1
+    /// `memory.max_usage_in_bytes`. `None` where neither is available.
+    pub(crate) fn memory_peak(&self) -> Option<u64> {
+        let read = |path: PathBuf| std::fs::read_to_string(path).ok()?.trim().parse().ok();
+        if self.v2_memory
+            && let Some(peak) = read(self.v2.join("memory.peak"))
+        {
+            return Some(peak);
+        }
+        let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
+        read(dir.join("memory.max_usage_in_bytes"))
+    }
+
+    /// OOM kills inside the job's cgroup so far.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        let (file, dir) = if self.v2_memory {
+            ("memory.events", &self.v2)
+        } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {
+            ("memory.oom_control", dir)
+        } else {
+            return 0;
+        };
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Removes the cgroup directories (they must be empty).
+    pub(crate) fn remove(&self) -> io::Result<()> {
+        let mut first_error = None;
+        for dir in self.v1.iter().map(|(_, d)| d).chain(std::iter::once(&self.v2)) {
+            if let Err(e) = std::fs::remove_dir(dir)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                first_error.get_or_insert(at_path(dir, e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

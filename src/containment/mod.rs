@@ -1,0 +1,278 @@
+//! A job's containment, from before its worker exists until nothing of it is left.
+//!
+//! [`Containment::prepare`] makes the job's cgroup (cgroup mode) and private working directory, and
+//! [`Containment::command`] turns the plan into a [`Command`] that joins the cgroup, sets the rlimits the
+//! cgroup does not enforce, changes directory and user. When the worker has exited, [`Containment::end`]
+//! kills whatever is left — the whole cgroup, or (fallback mode) the escapers found by
+//! [`crate::process::kill::sweep_escapers`] — and waits until it is all reaped, so the job's `exited` lists every orphan.
+//! [`Containment::release`] removes the cgroup and the directory.
+//!
+//! Guarantees: in cgroup mode every process the job ever started dies with it, whatever it did (`setsid`,
+//! double fork, stopping itself). In fallback mode the same holds for processes in the job's session or
+//! group, or holding its pipes; a process that left the session *and* closed the job's pipes survives.
+//! Should the server die, the [`crate::containment::guardian`] kills the same sets (and the next start cleans up again).
+
+pub(crate) mod cgroup;
+pub mod guardian;
+mod leftovers;
+pub(crate) mod workdir;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use tracing::{info, warn};
+
+use cgroup::{CgroupTree, JobCgroup};
+use guardian::Guardian;
+use workdir::WorkRoot;
+
+use crate::config::{CgroupMode, Config, JobPlan};
+use crate::pb;
+use crate::process::registry::{JobReaps, Registry, SessionWatch};
+use crate::process::spawn::{Command, SpawnError};
+
+/// How long to wait for a job's leftovers to die and be reaped.
+const LEFTOVERS_WAIT: Duration = Duration::from_secs(5);
+
+/// The server's containment mode and places.
+#[derive(Debug)]
+pub(crate) struct Containment {
+    cgroups: Option<CgroupTree>,
+    work_root: WorkRoot,
+    registry: Arc<Registry>,
+    populated_after_end: prometheus_client::metrics::counter::Counter,
+    guarded: bool,
+}
+
+/// One job's cgroup and working directory.
+#[derive(Debug)]
+pub(crate) struct JobContainer {
+    cgroup: Option<JobCgroup>,
+    private_dir: Option<PathBuf>,
+    cwd: PathBuf,
+}
+
+impl JobContainer {
+    /// The cgroup name, for the reaper's attribution.
+    pub(crate) fn cgroup_name(&self) -> Option<String> {
+        self.cgroup.as_ref().map(|c| c.name().to_string())
+    }
+}
+
+/// What is known of a job once everything of it is dead.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobEnd {
+    /// The OOM killer killed something in the job.
+    pub(crate) oom_killed: bool,
+    /// The job cgroup's peak memory, when there is one.
+    pub(crate) memory_peak: Option<u64>,
+}
+
+/// A name for this server process's instance (cgroup, working directories): unique even between servers
+/// with the same pid (PID 1 of two containers sharing a volume).
+fn instance_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("instance-{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+impl Containment {
+    /// Chooses the mode (logging it), cleans what a crashed server left, prepares the work root and tells the
+    /// guardian (if any) what to kill should the server die. `populated_after_end` counts job cgroups that
+    /// could not be emptied.
+    pub(crate) async fn start(
+        config: &Config,
+        registry: Arc<Registry>,
+        populated_after_end: prometheus_client::metrics::counter::Counter,
+        guardian: Option<Arc<Guardian>>,
+    ) -> io::Result<Containment> {
+        let instance = instance_name();
+        let companions: Vec<i32> = guardian.iter().map(|g| g.pid()).collect();
+        let cgroups = match config.cgroups {
+            CgroupMode::Off => {
+                info!("containment: process groups (cgroups turned off by configuration)");
+                None
+            }
+            CgroupMode::Auto => match CgroupTree::discover(config.cgroup_root.as_deref(), &companions, &instance).await
+            {
+                Ok(tree) => {
+                    info!(detail = %tree.describe(), "containment: per-job cgroups");
+                    Some(tree)
+                }
+                Err(reason) => {
+                    warn!(%reason, "containment: process groups only (no writable cgroup v2); a job that leaves \
+                        its session and closes its pipes can outlive it");
+                    None
+                }
+            },
+        };
+        match (&guardian, &cgroups) {
+            (Some(guardian), Some(tree)) => {
+                guardian.watch_cgroup(tree.instance());
+                for dir in tree.v1_instances() {
+                    guardian.watch_v1_dir(&dir);
+                }
+            }
+            (Some(guardian), None) => registry.guard_sessions(Arc::clone(guardian) as Arc<dyn SessionWatch>),
+            (None, _) => warn!("no guardian: if the server crashes, processes of its jobs can outlive it"),
+        }
+        let work_root = WorkRoot::prepare(&config.work_root, &instance)?;
+        Ok(Containment { cgroups, work_root, registry, populated_after_end, guarded: guardian.is_some() })
+    }
+
+    /// Whether workers must announce their sessions to the guardian (fallback mode with a guardian).
+    pub(crate) fn sessions_guarded(&self) -> bool {
+        self.guarded && self.cgroups.is_none()
+    }
+
+    /// The mode for `GetStatus`.
+    pub(crate) fn mode(&self) -> (pb::ContainmentMode, String) {
+        let guardian = match (self.guarded, self.registry.guardian_died()) {
+            (false, _) => "no guardian: a crash of the server leaves jobs' processes until the next start",
+            (true, true) => "the guardian DIED: a crash of the server leaves jobs' processes until the next start",
+            (true, false) => "a guardian kills them if the server dies",
+        };
+        match &self.cgroups {
+            Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}", tree.describe())),
+            None => (
+                pb::ContainmentMode::ProcessGroup,
+                format!("process groups and subreaper sweeps; {guardian} (their sessions and groups)"),
+            ),
+        }
+    }
+
+    /// Removes this server's instance directories, once every job is over (a clean exit).
+    pub(crate) fn close(&self) {
+        if let Some(tree) = &self.cgroups {
+            tree.remove_instance();
+        }
+        self.work_root.remove();
+    }
+
+    /// Makes the job's cgroup and working directory.
+    pub(crate) fn prepare(&self, job_id: &str, plan: &JobPlan) -> io::Result<JobContainer> {
+        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &plan.limits)).transpose()?;
+        let (cwd, private_dir) = match &plan.cwd {
+            Some(cwd) => (cwd.clone(), None),
+            None => match self.work_root.create(job_id, plan.ids) {
+                Ok(dir) => (dir.clone(), Some(dir)),
+                Err(e) => {
+                    if let Some(cgroup) = &cgroup {
+                        let _ = cgroup.remove();
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        Ok(JobContainer { cgroup, private_dir, cwd })
+    }
+
+    /// The command that runs `plan` inside `container`.
+    pub(crate) fn command(&self, plan: &JobPlan, container: &JobContainer) -> Result<Command, SpawnError> {
+        let mut env = plan.env.clone();
+        if container.private_dir.is_some() {
+            env.insert("HOME".into(), container.cwd.display().to_string());
+        }
+        let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
+        let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
+        Ok(Command::new(&plan.argv, &env)?
+            .cwd(&container.cwd)?
+            .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
+            .join_cgroups(&v1_procs)?
+            .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
+            .user(plan.ids))
+    }
+
+    /// Kills everything left of the job once its worker is gone and waits (bounded) until it is reaped.
+    pub(crate) async fn end(&self, worker: i32, container: &JobContainer, reaps: &JobReaps, pipes: &[u64]) -> JobEnd {
+        let give_up = Instant::now() + LEFTOVERS_WAIT;
+        match &container.cgroup {
+            Some(cgroup) => {
+                let members = cgroup.pids();
+                if !cgroup.kill_and_wait(LEFTOVERS_WAIT).await {
+                    self.populated_after_end.inc();
+                    warn!(cgroup = cgroup.name(), "the job's cgroup is still populated after SIGKILL");
+                }
+                // Dead now; wait until each is reaped (and so recorded) too.
+                while members.iter().any(|pid| cgroup.holds(*pid)) && Instant::now() < give_up {
+                    wait_for_reaps(reaps).await;
+                }
+            }
+            None => loop {
+                let pending = crate::process::kill::sweep_escapers(&self.registry, worker, pipes);
+                if pending == 0 && !crate::process::signal::group_exists(worker) {
+                    break;
+                }
+                if Instant::now() >= give_up {
+                    warn!(pending, "processes of the job are still present {LEFTOVERS_WAIT:?} after its worker exited");
+                    break;
+                }
+                wait_for_reaps(reaps).await;
+            },
+        }
+        while crate::process::signal::group_exists(worker) && Instant::now() < give_up {
+            wait_for_reaps(reaps).await;
+        }
+        JobEnd {
+            oom_killed: container.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
+            memory_peak: container.cgroup.as_ref().and_then(JobCgroup::memory_peak),
+        }
+    }
+
+    /// Kills a job's cgroup before its worker is known (a spawn the call gave up on).
+    pub(crate) fn kill_early(&self, container: &JobContainer) {
+        if let Some(cgroup) = &container.cgroup {
+            let _ = cgroup.kill();
+        }
+    }
+
+    /// Removes the job's cgroup and private directory.
+    pub(crate) async fn release(&self, container: JobContainer) {
+        if let Some(cgroup) = container.cgroup {
+            let mut attempts = 0;
+            while let Err(e) = cgroup.remove() {
+                attempts += 1;
+                if attempts == 20 {
+                    warn!(cgroup = cgroup.name(), error = %e, "cannot remove the job's cgroup");
+                    break;
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if let Some(dir) = container.private_dir
+            && let Err(e) = remove_tree(dir.clone()).await
+        {
+            warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");
+        }
+    }
+}
+
+/// Removes a job's directory. An empty one (the common case) is a single rmdir; a tree is removed on a
+/// thread of its own, or here if no thread can be had: never through tokio's blocking pool, which panics when
+/// the OS refuses a thread (as it does at a process limit), and that would lose the call's exit status.
+async fn remove_tree(dir: PathBuf) -> io::Result<()> {
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    let (done, removed) = tokio::sync::oneshot::channel();
+    let target = dir.clone();
+    let spawned = std::thread::Builder::new().name("forkpool-rmtree".into()).spawn(move || {
+        let _ = done.send(std::fs::remove_dir_all(&target));
+    });
+    match spawned {
+        Ok(_) => removed.await.unwrap_or(Ok(())),
+        Err(_) => std::fs::remove_dir_all(&dir),
+    }
+}
+
+/// Waits for the reaper to record an orphan, or 5 ms.
+async fn wait_for_reaps(reaps: &JobReaps) {
+    tokio::select! {
+        () = reaps.notify.notified() => {}
+        () = sleep(Duration::from_millis(5)) => {}
+    }
+}

@@ -1,0 +1,411 @@
+//! One job's life: wait for a slot, spawn the worker, stream its output and the client's input, end it,
+//! and report exactly once.
+//!
+//! A job ends in one of these ways, and each is reported exactly once:
+//! - the worker exits on its own (or from a signal the client sent): `exited`, reason `EXITED`;
+//! - its timeout passes: killed, `exited` with `TIMED_OUT`;
+//! - the server shuts down: killed, `exited` with `SHUTDOWN`;
+//! - the call ends (cancel, disconnect: the response stream's drop guard fires `cancelled`): killed, and
+//!   nobody is left to tell;
+//! - the call's deadline passes: killed, `DEADLINE_EXCEEDED`;
+//! - the client sends something invalid mid-call (a second `start`, a message that does not decode, a
+//!   malformed frame): killed, `INVALID_ARGUMENT` naming the problem;
+//! - the request stream breaks (a transport error): killed, the transport's status (if anyone is left to
+//!   read it).
+//!
+//! A call that ends while its worker is being created cancels the spawn (a spawn stuck before exec is
+//! SIGKILLed), so a hung exec holds only its own call. During a forced shutdown, sends to a client that does
+//! not read are abandoned after a bound, so no client can keep the server from stopping.
+//!
+//! Whatever the way, `exited` (or the error) is sent only after the worker is reaped, the rest of its group
+//! is killed and reaped, and its output is drained.
+
+pub(crate) mod metrics;
+pub(crate) mod output;
+pub(crate) mod pool;
+mod report;
+pub(crate) mod supervise;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::Metrics;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::config::JobPlan;
+use crate::containment::Containment;
+use crate::pb::{self, execute_response::Event as Ev};
+use crate::process::kill::GroupKiller;
+use crate::process::registry::{JobReaps, Registry, SpawnCancel, SpawnTicket, WorkerEntry};
+use crate::process::spawn::{SpawnError, Spawner};
+use output::OutputBudget;
+use pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
+use report::response;
+use supervise::{Ending, Outcome, Supervisor, sleep_until_or_never};
+
+/// One item of a call's response stream.
+pub(crate) type Event = Result<pb::ExecuteResponse, JobError>;
+
+/// Why a call ended with an error status instead of `exited`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JobError {
+    /// A later request was invalid (`INVALID_ARGUMENT`); the job was killed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A later request was over the size limit (`RESOURCE_EXHAUSTED`); the job was killed.
+    #[error("request message too large: {0} (the job was killed)")]
+    MessageTooLarge(String),
+    /// The worker could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The call's deadline passed; the job was killed.
+    #[error("the call's deadline passed; the job was killed")]
+    DeadlineExceeded,
+    /// The request stream failed below gRPC (a transport error); the job was killed. The code is the
+    /// transport's.
+    #[error("the request stream failed: {1} (the job was killed)")]
+    Transport(tonic::Code, String),
+    /// The server is shutting down and the call had not started.
+    #[error("the server is shutting down; the job did not start")]
+    ShuttingDown,
+    /// The job's cgroup or working directory could not be made; the OS error keeps its kind.
+    #[error("cannot prepare the job's containment: {0}")]
+    Containment(std::io::Error),
+    /// The worker's status was lost (a bug).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Everything jobs share: the pool, the spawner, the reaper's registry, counters and the shutdown signal.
+#[derive(Debug)]
+pub(crate) struct Jobs {
+    pool: Arc<Pool>,
+    spawner: Spawner,
+    registry: Arc<Registry>,
+    containment: Containment,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    /// Fired late in a forced shutdown: events a client does not read are dropped from then on.
+    abandon: CancellationToken,
+    next_id: AtomicU64,
+    id_prefix: String,
+    /// Test-only fault (debug builds): a job task of this catalog job panics.
+    panic_on_job: Option<String>,
+}
+
+/// One call's inputs, handed over by the service once the `start` request is validated and admitted.
+#[derive(Debug)]
+pub(crate) struct Call<S> {
+    /// What to run.
+    pub(crate) plan: JobPlan,
+    /// The slot or queue place.
+    pub(crate) admission: Admission,
+    /// The rest of the request stream (stdin, close_stdin, signal).
+    pub(crate) requests: S,
+    /// The response stream.
+    pub(crate) events: mpsc::Sender<Event>,
+    /// Fired when the call ends early (the response stream was dropped).
+    pub(crate) cancelled: CancellationToken,
+    /// The call's deadline (`grpc-timeout`).
+    pub(crate) deadline: Option<Instant>,
+    /// The client's address, for logs.
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+impl Jobs {
+    /// Shared state for all jobs. `shutdown` fires when running jobs must be killed (reason `SHUTDOWN`);
+    /// `abandon` when, late in a forced shutdown, events nobody reads must be dropped.
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        spawner: Spawner,
+        registry: Arc<Registry>,
+        containment: Containment,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        abandon: CancellationToken,
+    ) -> Self {
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Jobs {
+            pool,
+            spawner,
+            registry,
+            containment,
+            metrics,
+            shutdown,
+            abandon,
+            next_id: AtomicU64::new(1),
+            id_prefix: format!("{:x}", started & 0xff_ffff),
+            panic_on_job: None,
+        }
+    }
+
+    /// Test-only fault injection: a job task running catalog job `name` panics (the server aborts; see
+    /// the crash tests).
+    pub(crate) fn inject_panic_on_job(&mut self, name: Option<String>) {
+        self.panic_on_job = name;
+    }
+
+    /// The pool.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The metrics (and `GetStatus` counters).
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The reaper's registry.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The containment mode.
+    pub(crate) fn containment(&self) -> &Containment {
+        &self.containment
+    }
+
+    /// Admits a call to the pool, counting refusals.
+    pub(crate) fn admit(&self) -> Result<Admission, AdmissionError> {
+        self.pool.admit().inspect_err(|e| {
+            self.metrics.rejected(match e {
+                AdmissionError::QueueFull { .. } => "queue_full",
+                AdmissionError::Closed => "draining",
+            })
+        })
+    }
+
+    /// Runs one call to its end. Spawned as its own task by the service.
+    pub(crate) async fn run<S>(self: Arc<Self>, call: Call<S>)
+    where
+        S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let peer = call.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let span = info_span!("job", job_id = %id, job = %call.plan.name, %peer, pid = field::Empty);
+        self.run_call(id, call).instrument(span).await;
+    }
+
+    async fn run_call<S>(&self, job_id: String, call: Call<S>)
+    where
+        S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let Call { plan, admission, requests, events, cancelled, deadline, .. } = call;
+        let accepted = Instant::now();
+        let slot = match admission {
+            Admission::Slot(slot) => slot,
+            Admission::Queued(ticket) => match self.wait_in_queue(ticket, &events, &cancelled, deadline).await {
+                Some(slot) => slot,
+                None => return,
+            },
+        };
+        let slotted = Instant::now();
+        let container = match self.containment.prepare(&job_id, &plan) {
+            Ok(container) => container,
+            Err(e) => {
+                warn!(error = %e, "cannot prepare the job's containment");
+                return self.send_last(&events, Err(JobError::Containment(e))).await;
+            }
+        };
+        let command = match self.containment.command(&plan, &container) {
+            Ok(command) => command,
+            Err(e) => {
+                self.containment.release(container).await;
+                return self.send_last(&events, Err(e.into())).await;
+            }
+        };
+        let prepared = Instant::now();
+        if self.panic_on_job.as_deref() == Some(plan.name.as_str()) {
+            panic!("injected fault: a panic in the job task of `{}`", plan.name);
+        }
+        let reaps = Arc::new(JobReaps::default());
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
+        let ticket = Arc::new(SpawnTicket::default());
+        let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
+        tokio::pin!(spawning);
+        // How the call ended, if it did while its worker was being created (the worker was killed then).
+        let mut early = None;
+        let spawned = tokio::select! {
+            biased;
+            spawned = &mut spawning => spawned,
+            ending = early_ending(&cancelled, &self.shutdown, deadline) => {
+                info!(?ending, "the call ended while its worker was being created");
+                match self.registry.cancel_spawn(&ticket) {
+                    SpawnCancel::NotStarted => {
+                        self.containment.release(container).await;
+                        return self.report_unstarted(&events, ending).await;
+                    }
+                    // The spawn returns once the child is dead (or has exec'd); the supervisor then ends the
+                    // job as usual, the ending still being in force.
+                    SpawnCancel::Killed => {
+                        self.containment.kill_early(&container);
+                        early = Some(ending);
+                        spawning.await
+                    }
+                }
+            }
+        };
+        let spawned = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                warn!(error = %e, "spawn failed");
+                self.containment.release(container).await;
+                return self.send_last(&events, Err(e.into())).await;
+            }
+        };
+        let started_at = Instant::now();
+        Metrics::observe(&self.metrics.spawn_seconds, started_at - slotted);
+        debug!(
+            prepare_us = (prepared - accepted).as_micros() as u64,
+            spawn_us = (started_at - prepared).as_micros() as u64,
+            "spawned"
+        );
+        self.metrics.started.inc();
+        let pid = spawned.pid;
+        let registration = spawned.registration;
+        tracing::Span::current().record("pid", pid);
+        info!(argv = ?plan.argv, "started");
+        let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
+        self.send(&events, Ok(response(started))).await;
+
+        // The job's pipes, by inode: how escapers are recognised without cgroups.
+        let pipes: Vec<u64> = [&spawned.stdin, &spawned.stdout, &spawned.stderr]
+            .iter()
+            .filter_map(|fd| nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino))
+            .collect();
+        let budget = plan.limits.output.map(|bytes| Arc::new(OutputBudget::new(bytes)));
+        let worker_gone = CancellationToken::new();
+        let stdout = tokio::spawn(output::pump(
+            spawned.stdout,
+            events.clone(),
+            |b| Ok(response(Ev::Stdout(b))),
+            worker_gone.clone(),
+            budget.clone(),
+            self.abandon.clone(),
+        ));
+        let stderr = tokio::spawn(output::pump(
+            spawned.stderr,
+            events.clone(),
+            |b| Ok(response(Ev::Stderr(b))),
+            worker_gone.clone(),
+            budget.clone(),
+            self.abandon.clone(),
+        ));
+        let (stdin_tx, stdin_rx) = mpsc::channel(4);
+        let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
+
+        let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
+        // Should this task ever unwind before its worker is reaped, the worker must not outlive the call.
+        let mut kill_on_unwind = KillOnDrop(Some(killer.clone()));
+        let supervisor = Supervisor::new(&killer, plan.kill_grace, requests, stdin_tx, early);
+        // A timeout too far away to represent is no timeout (checked: a client chooses it).
+        let timeout_at = plan.timeout.and_then(|t| started_at.checked_add(t));
+        let over_limit = budget.as_ref().map(|b| &b.exceeded);
+        let Outcome { exit, ending, ending_at } =
+            supervisor.run(exit_rx, &cancelled, &self.shutdown, deadline, timeout_at, over_limit).await;
+        let wall_time = started_at.elapsed();
+        kill_on_unwind.0 = None;
+        debug!(run_us = wall_time.as_micros() as u64, "worker reaped");
+
+        // The reaper killed the rest of the group when it reaped the worker; containment kills what escaped
+        // it and waits until everything is reaped (and recorded). Then the pumps drain what is left.
+        worker_gone.cancel();
+        stdin.abort();
+        let end = self.containment.end(pid, &container, &reaps, &pipes).await;
+        if let Some(at) = ending_at {
+            Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
+        }
+        let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
+        let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
+        let reaped = reaps.take();
+        self.metrics.finished(Ending::metric_label(ending.as_ref(), end.oom_killed));
+        debug!(
+            end_us = (started_at.elapsed() - wall_time).as_micros() as u64,
+            ?stdout_end,
+            stdout_bytes,
+            ?stderr_end,
+            stderr_bytes,
+            "ended and drained"
+        );
+        // Everything of the job is dead, reaped and drained: report now, and remove its cgroup and directory
+        // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
+        let report = self.report(&events, exit, ending, end, wall_time, reaped);
+        tokio::join!(report, self.containment.release(container));
+        drop(registration);
+        drop(slot);
+    }
+
+    /// Waits for a slot, sending `queued` events as the position changes. `None` if the call ended first
+    /// (reported here).
+    async fn wait_in_queue(
+        &self,
+        mut ticket: Ticket,
+        events: &mpsc::Sender<Event>,
+        cancelled: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Option<Slot> {
+        self.send(events, Ok(response(Ev::Queued(pb::Queued { position: ticket.position() })))).await;
+        let mut deadline = sleep_until_or_never(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancelled.cancelled() => {
+                    self.metrics.cancelled.inc();
+                    info!("cancelled while queued");
+                    return None;
+                }
+                () = &mut deadline => {
+                    self.metrics.cancelled.inc();
+                    info!("deadline passed while queued");
+                    self.send_last(events, Err(JobError::DeadlineExceeded)).await;
+                    return None;
+                }
+                event = ticket.next_event() => match event {
+                    QueueEvent::Granted(slot) => return Some(slot),
+                    QueueEvent::Moved(position) => {
+                        self.send(events, Ok(response(Ev::Queued(pb::Queued { position })))).await;
+                    }
+                    QueueEvent::Closed => {
+                        self.metrics.rejected("draining");
+                        self.send_last(events, Err(JobError::ShuttingDown)).await;
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// How a call ended while its worker was being created.
+async fn early_ending(
+    cancelled: &CancellationToken,
+    shutdown: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Ending {
+    let mut deadline = sleep_until_or_never(deadline);
+    tokio::select! {
+        biased;
+        () = cancelled.cancelled() => Ending::Cancelled,
+        () = &mut deadline => Ending::Deadline,
+        () = shutdown.cancelled() => Ending::Shutdown,
+    }
+}
+
+/// SIGKILLs a job's group when dropped while armed: only if the job task unwinds before its worker exited.
+struct KillOnDrop(Option<GroupKiller>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(killer) = self.0.take() {
+            tracing::error!("the job's task ended before its worker: killing the worker's group");
+            killer.kill();
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The spawner: the one place where worker processes are created, and the only fork-time unsafe code.
+//!
+//! # Design
+//! - **Long-lived spawner threads.** `PR_SET_PDEATHSIG` fires when the *thread* that created the child
+//!   exits, not the process. Tokio's blocking threads exit after idling, which would kill healthy long jobs;
+//!   a spawner thread never exits (it parks forever if the server drops its handle), so a worker's death
+//!   signal means exactly "the server died".
+//! - **All signals blocked in those threads, forever.** A child starts with its creator's signal mask, so no
+//!   signal can run a handler inherited from the server (tokio's handler writes into the server's own
+//!   signal pipe: a worker SIGTERMed before exec would otherwise shut the server down). The child resets
+//!   every disposition to the default first, and only then unblocks.
+//! - **`clone(CLONE_VM | CLONE_VFORK)`**, posix_spawn style: no page tables are copied, so spawning costs
+//!   the same whatever the server's size. The parent thread is suspended until the child execs or exits;
+//!   the child runs on a dedicated stack and only makes async-signal-safe calls on memory prepared before
+//!   the clone: it allocates nothing, takes no lock and cannot panic.
+//! - **Exec errors come back through a close-on-exec pipe**: an empty read means the exec happened.
+//! - **Registration before reaping, with no lock held across the clone**: the kernel writes the child's pid
+//!   into the spawn's ticket before the child runs, and the reaper leaves an in-flight pid alone until
+//!   [`Registry::finish_spawn`] has recorded it; so a worker that exits at once is never mistaken for an
+//!   orphan, and a spawn that hangs before exec (a hung filesystem, a frozen cgroup) blocks no reaping or
+//!   killing.
+//! - **A pool of spawner threads**: a spawn stuck before exec keeps its thread (`CLONE_VFORK` suspends it), so
+//!   when every thread is busy another is started (up to 64): a stuck spawn delays only its own call, which
+//!   can cancel it ([`Registry::cancel_spawn`] SIGKILLs the child).
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, c_char};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::unistd::{AccessFlags, access, getpid, pipe2};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use crate::process::registry::{Registration, Registry, SpawnTicket, WorkerEntry};
+
+mod child;
+mod fork;
+
+pub(crate) use fork::fork_guardian;
+
+use child::{ChildPlan, STEPS, clone_child};
+
+/// Capacity asked for the stdout and stderr pipes.
+const OUTPUT_PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Stack for the child between clone and exec. It runs a handful of small frames.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// What to execute, with every string converted before the clone (the child must not allocate).
+#[derive(Debug)]
+pub(crate) struct Command {
+    display: String,
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    cgroup_dir: Option<CString>,
+    cgroup_procs: Vec<CString>,
+    rlimits: Vec<(libc::c_int, u64)>,
+    ids: Option<(u32, u32)>,
+}
+
+impl Command {
+    /// Builds a command from an argv and a complete environment. `argv[0]` is looked up in the
+    /// environment's `PATH` unless it contains a `/`; a program that is not found is an exec error.
+    pub(crate) fn new(argv: &[String], env: &BTreeMap<String, String>) -> Result<Command, SpawnError> {
+        let invalid = |what: &str| SpawnError::InvalidCommand(format!("{what} contains a NUL byte"));
+        let first = argv.first().ok_or_else(|| SpawnError::InvalidCommand("empty argv".into()))?;
+        let program = resolve_program(first, env.get("PATH").map(String::as_str)).ok_or_else(|| SpawnError::Exec {
+            program: first.clone(),
+            step: "not found in PATH",
+            errno: Errno::ENOENT,
+        })?;
+        let program = CString::new(program.into_os_string().into_encoded_bytes()).map_err(|_| invalid("program"))?;
+        let argv = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()).map_err(|_| invalid("an argument")))
+            .collect::<Result<_, _>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| invalid("the environment")))
+            .collect::<Result<_, _>>()?;
+        Ok(Command {
+            display: first.clone(),
+            program,
+            argv,
+            envp,
+            cwd: None,
+            cgroup_dir: None,
+            cgroup_procs: Vec::new(),
+            rlimits: Vec::new(),
+            ids: None,
+        })
+    }
+
+    /// Runs the worker in `dir`.
+    pub(crate) fn cwd(mut self, dir: &Path) -> Result<Self, SpawnError> {
+        self.cwd = Some(path_cstring(dir)?);
+        Ok(self)
+    }
+
+    /// Creates the worker directly in the cgroup v2 directory `dir` (`clone3` with `CLONE_INTO_CGROUP`),
+    /// or, where that is not supported, makes it write itself into `dir/cgroup.procs` before exec.
+    pub(crate) fn cgroup(mut self, dir: Option<&Path>) -> Result<Self, SpawnError> {
+        self.cgroup_dir = dir.map(path_cstring).transpose()?;
+        if let Some(dir) = dir {
+            self.cgroup_procs.insert(0, path_cstring(&dir.join("cgroup.procs"))?);
+        }
+        Ok(self)
+    }
+
+    /// Makes the worker join these extra cgroups (their `cgroup.procs` files, e.g. v1 hierarchies) before
+    /// exec.
+    pub(crate) fn join_cgroups(mut self, procs_files: &[PathBuf]) -> Result<Self, SpawnError> {
+        for file in procs_files {
+            self.cgroup_procs.push(path_cstring(file)?);
+        }
+        Ok(self)
+    }
+
+    /// Sets these rlimits `(resource, value)` (soft and hard) before exec.
+    pub(crate) fn rlimits(mut self, rlimits: Vec<(libc::c_int, u64)>) -> Self {
+        self.rlimits = rlimits;
+        self
+    }
+
+    /// Runs the worker as `(uid, gid)`, with no supplementary groups.
+    pub(crate) fn user(mut self, ids: Option<(u32, u32)>) -> Self {
+        self.ids = ids;
+        self
+    }
+}
+
+fn path_cstring(path: &Path) -> Result<CString, SpawnError> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| SpawnError::InvalidCommand(format!("path {} contains a NUL byte", path.display())))
+}
+
+fn resolve_program(program: &str, path: Option<&str>) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(program.into());
+    }
+    path?
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| candidate.is_file() && access(candidate, AccessFlags::X_OK).is_ok())
+}
+
+/// A running worker and the server's ends of its stdio pipes.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    /// The worker's pid, which is also its session and process group id.
+    pub(crate) pid: i32,
+    /// Write end of the worker's stdin.
+    pub(crate) stdin: OwnedFd,
+    /// Read end of the worker's stdout.
+    pub(crate) stdout: OwnedFd,
+    /// Read end of the worker's stderr.
+    pub(crate) stderr: OwnedFd,
+    /// The job's entries in the registry, removed when this is dropped (after the job's end).
+    pub(crate) registration: Registration,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    /// The program could not be executed (reported by the child, or not found in `PATH`).
+    #[error("cannot execute `{program}` ({step}): {errno}")]
+    Exec {
+        /// `argv[0]` as requested.
+        program: String,
+        /// The setup step that failed.
+        step: &'static str,
+        /// The OS error.
+        errno: Errno,
+    },
+    /// The OS refused a process or pipe (process or fd limits).
+    #[error("cannot create a worker process: {0}")]
+    Resources(Errno),
+    /// The argv or environment cannot be passed to exec.
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The spawner thread is gone (only while the process is exiting).
+    #[error("the spawner thread is gone")]
+    SpawnerGone,
+    /// The call ended before its worker was created.
+    #[error("the call ended before its worker was created")]
+    Cancelled,
+}
+
+struct Request {
+    command: Command,
+    entry: WorkerEntry,
+    ticket: Arc<SpawnTicket>,
+    reply: oneshot::Sender<Result<Spawned, SpawnError>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("command", &self.command.display).finish()
+    }
+}
+
+/// Most spawner threads: more are started only while every one is busy (a spawn stuck before exec keeps its
+/// thread), and none ever exits.
+const MAX_SPAWNER_THREADS: usize = 64;
+
+/// The spawner threads' shared queue.
+#[derive(Debug)]
+struct Threads {
+    incoming: Mutex<mpsc::Receiver<Request>>,
+    registry: Arc<Registry>,
+    /// Threads waiting for a request.
+    idle: AtomicUsize,
+    /// Threads started.
+    started: AtomicUsize,
+    /// Where workers announce their session to the guardian (fallback mode), or -1.
+    announce_fd: std::os::fd::RawFd,
+}
+
+/// Handle to the spawner threads.
+#[derive(Debug, Clone)]
+pub(crate) struct Spawner {
+    requests: mpsc::Sender<Request>,
+    threads: Arc<Threads>,
+}
+
+impl Spawner {
+    /// Starts the first spawner thread. Call once per process, after the reaper listens for SIGCHLD.
+    /// `announce_fd`, when given, is the guardian's socket on which each worker announces its session.
+    pub(crate) fn start(registry: Arc<Registry>, announce_fd: Option<std::os::fd::RawFd>) -> std::io::Result<Spawner> {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        let threads = Arc::new(Threads {
+            incoming: Mutex::new(incoming),
+            registry,
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            announce_fd: announce_fd.unwrap_or(-1),
+        });
+        start_thread(&threads)?;
+        Ok(Spawner { requests, threads })
+    }
+
+    /// Starts a worker for `command`, registered with the reaper through `entry`. `ticket` lets the caller
+    /// cancel the spawn while it is under way ([`Registry::cancel_spawn`]).
+    pub(crate) async fn spawn(
+        &self,
+        command: Command,
+        entry: WorkerEntry,
+        ticket: Arc<SpawnTicket>,
+    ) -> Result<Spawned, SpawnError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request { command, entry, ticket, reply }).map_err(|_| SpawnError::SpawnerGone)?;
+        // Every thread busy (one may be stuck in a spawn that never reaches exec): add one, so a stuck spawn
+        // delays only its own call.
+        if self.threads.idle.load(Ordering::Acquire) == 0
+            && self.threads.started.load(Ordering::Acquire) < MAX_SPAWNER_THREADS
+            && let Err(e) = start_thread(&self.threads)
+        {
+            warn!(error = %e, "cannot start another spawner thread");
+        }
+        answer.await.map_err(|_| SpawnError::SpawnerGone)?
+    }
+}
+
+fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
+    let threads = Arc::clone(shared);
+    let n = threads.started.fetch_add(1, Ordering::AcqRel);
+    let spawned = std::thread::Builder::new().name(format!("forkpool-spawn{n}")).spawn(move || {
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
+            // Without the mask the seed bug is possible: refuse to spawn at all.
+            error!(error = %e, "cannot block signals in a spawner thread; it runs no job");
+            park_forever();
+        }
+        let mut stack = vec![0u8; CHILD_STACK_BYTES];
+        let server_pid = getpid().as_raw();
+        loop {
+            threads.idle.fetch_add(1, Ordering::AcqRel);
+            let next = threads.incoming.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+            threads.idle.fetch_sub(1, Ordering::AcqRel);
+            let Ok(Request { command, entry, ticket, reply }) = next else { break };
+            let registry = &threads.registry;
+            let result = spawn_one(registry, &mut stack, server_pid, threads.announce_fd, &command, entry, &ticket);
+            if let Err(Ok(orphaned)) = reply.send(result) {
+                // The job went away during the spawn: nobody would ever end this worker.
+                registry
+                    .with_live_worker(orphaned.pid, |pid| crate::process::signal::signal_group(pid, Signal::SIGKILL));
+            }
+        }
+        park_forever()
+    });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            shared.started.fetch_sub(1, Ordering::AcqRel);
+            Err(e)
+        }
+    }
+}
+
+/// The spawner thread is the parent of record for `PR_SET_PDEATHSIG`: it must never exit.
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn spawn_one(
+    registry: &Arc<Registry>,
+    stack: &mut [u8],
+    server_pid: libc::pid_t,
+    announce_fd: std::os::fd::RawFd,
+    command: &Command,
+    entry: WorkerEntry,
+    ticket: &Arc<SpawnTicket>,
+) -> Result<Spawned, SpawnError> {
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
+    let (stdin_r, stdin_w) = pipe()?;
+    let (stdout_r, stdout_w) = pipe()?;
+    let (stderr_r, stderr_w) = pipe()?;
+    for output in [&stdout_r, &stderr_r] {
+        // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
+        // when filled). Best effort: the system limit may be lower.
+        let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
+    }
+    let (report_r, report_w) = pipe()?;
+    let nul = std::iter::once(std::ptr::null());
+    let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
+    let envp: Vec<*const c_char> = command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect();
+    let cgroup_procs: Vec<*const c_char> = command.cgroup_procs.iter().map(|p| p.as_ptr()).collect();
+    // Read here, before the child lowers RLIMIT_NOFILE for the job: the slow fd-closing fallback must reach
+    // every fd the server may have, not only those below the job's limit.
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(65_536, |(soft, _)| soft.min(1 << 20));
+    let mut plan = ChildPlan {
+        program: command.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: command.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        cgroup_procs: cgroup_procs.as_ptr(),
+        cgroup_count: cgroup_procs.len(),
+        cgroup_first: 0,
+        rlimits: command.rlimits.as_ptr(),
+        rlimit_count: command.rlimits.len(),
+        ids: command.ids,
+        stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+        report: report_w.as_raw_fd(),
+        server_pid,
+        announce: announce_fd,
+        fd_limit: libc::c_int::try_from(fd_limit).unwrap_or(libc::c_int::MAX),
+    };
+    // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
+    let cgroup_dir = match &command.cgroup_dir {
+        Some(dir) => Some(
+            nix::fcntl::open(
+                dir.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(SpawnError::Resources)?,
+        ),
+        None => None,
+    };
+    // The registry lock is not held across the clone, which lasts until the child execs (and an exec can
+    // hang): the kernel writes the child's pid into the ticket before the child runs, and the reaper leaves a
+    // pid that is in flight alone until `finish_spawn` has registered it.
+    if !registry.begin_spawn(ticket) {
+        return Err(SpawnError::Cancelled);
+    }
+    let cloned = clone_child(&mut plan, stack, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd), ticket.pid_ptr());
+    let registration = registry.finish_spawn(ticket, cloned, entry).map_err(SpawnError::Resources)?;
+    let pid = registration.worker();
+    drop(cgroup_dir);
+    // Our copies of the child's ends must close, or EOF would never come.
+    drop((stdin_r, stdout_w, stderr_w, report_w));
+    let mut report = [0u8; 8];
+    let read = loop {
+        match nix::unistd::read(&report_r, &mut report) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    match read {
+        Ok(0) => Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r, registration }),
+        other => {
+            // The child has exited (the reaper collects it); it is not a job any more.
+            drop(registration);
+            let (step, errno) = match other {
+                Ok(8) => {
+                    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+                    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                    (STEPS.get(step).copied().unwrap_or("setup"), Errno::from_raw(errno))
+                }
+                Ok(_) => ("setup", Errno::EIO),
+                Err(e) => ("read the exec report", e),
+            };
+            Err(SpawnError::Exec { program: command.display.clone(), step, errno })
+        }
+    }
+}
