@@ -250,6 +250,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn os_errors_keep_their_code_whatever_path_they_took() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let via_cgroup = crate::containment::cgroup::at_path(std::path::Path::new("/sys/fs/cgroup/x"), emfile);
+        assert_eq!(job_status(JobError::Containment(via_cgroup)).code(), tonic::Code::ResourceExhausted);
+        let via_pipe = JobError::Spawn(SpawnError::Resources(nix::errno::Errno::EMFILE));
+        assert_eq!(job_status(via_pipe).code(), tonic::Code::ResourceExhausted);
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(job_status(JobError::Containment(full)).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
     fn grpc_timeout_units() {
         let mut m = MetadataMap::new();
         for (v, d) in
