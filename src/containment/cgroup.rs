@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::leftovers::lock_exclusive;
+use super::leftovers::{lock_exclusive, same_file};
 use crate::config::limits::Limits;
 
 /// The limit controllers forkpool uses.
@@ -238,8 +238,22 @@ impl CgroupTree {
         for (_, root) in &self.v1 {
             std::fs::create_dir_all(root.join(&self.instance_name))?;
         }
-        let lock = lock_exclusive(&self.instance, false)?
-            .ok_or_else(|| io::Error::other("another server holds the lock of this server's own instance"))?;
+        // Made, then locked: in between, a server starting beside us may take it for a dead one's and remove
+        // it. So the lock must be on the directory that is there now, else make it again.
+        let mut attempts = 0;
+        let lock = loop {
+            attempts += 1;
+            std::fs::create_dir_all(&self.instance)?;
+            if let Some(lock) = lock_exclusive(&self.instance, false)?
+                && same_file(&lock, &self.instance)
+            {
+                break lock;
+            }
+            if attempts == 20 {
+                return Err(io::Error::other("cannot hold the lock of this server's own instance cgroup"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         *self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
         let mut dirs = self.configurable.clone();
         dirs.push(self.instance.clone());
@@ -376,6 +390,21 @@ fn enable_controllers(dirs: &[PathBuf]) -> BTreeSet<&'static str> {
     Controller::ALL.iter().map(|c| c.name()).filter(|c| enabled.split_whitespace().any(|e| e == *c)).collect()
 }
 
+/// The pids in cgroup `dir` and every cgroup below it.
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            pids.extend(pids_below(&child.path()));
+        }
+    }
+    pids
+}
+
 impl JobCgroup {
     /// The directory name (also how the reaper attributes a reaped process to this job).
     pub(crate) fn name(&self) -> &str {
@@ -407,7 +436,7 @@ impl JobCgroup {
             .collect()
     }
 
-    /// Whether any live process is in the cgroup.
+    /// Whether any live process is in the cgroup (or below it).
     pub(crate) fn populated(&self) -> bool {
         std::fs::read_to_string(self.v2.join("cgroup.events"))
             .map(|events| events.lines().any(|l| l.trim() == "populated 1"))
@@ -421,7 +450,8 @@ impl JobCgroup {
             return write(&kill, "1");
         }
         write(&self.v2.join("cgroup.freeze"), "1")?;
-        for pid in self.pids() {
+        // Every member of the tree: a server's instance holds none itself, its job cgroups hold them all.
+        for pid in pids_below(&self.v2) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
         write(&self.v2.join("cgroup.freeze"), "0")

@@ -34,6 +34,14 @@ pub(crate) fn lock_exclusive(path: &Path, create: bool) -> io::Result<Option<Own
     }
 }
 
+/// Whether the open `fd` is the file now at `path` (not one removed and made again meanwhile).
+pub(crate) fn same_file(fd: &OwnedFd, path: &Path) -> bool {
+    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
+        (Ok(open), Ok(now)) => open.st_dev == now.st_dev && open.st_ino == now.st_ino,
+        _ => false,
+    }
+}
+
 impl CgroupTree {
     /// Kills and removes the instances of servers that are gone (a crash): those whose lock can be taken.
     /// Returns how many job cgroups were cleaned.

@@ -53,9 +53,12 @@ impl WorkRoot {
                 Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot check a server's lock"),
             }
         }
+        // Locked under a name no other server looks at, then renamed: the lock file appears already locked.
         let lock_file = base.join(format!("{instance}.lock"));
-        let held = lock_exclusive(&lock_file, true)?
-            .ok_or_else(|| io::Error::other(format!("{} is locked by another server", lock_file.display())))?;
+        let making = base.join(format!(".{instance}.making"));
+        let held = lock_exclusive(&making, true)?
+            .ok_or_else(|| io::Error::other(format!("{} is locked by another server", making.display())))?;
+        std::fs::rename(&making, &lock_file)?;
         let dir = base.join(instance);
         std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
         Ok(WorkRoot { dir, lock_file, _lock: held })

@@ -29,6 +29,7 @@ pub(crate) mod supervise;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::Metrics;
 
@@ -237,24 +238,36 @@ impl Jobs {
             spawned = &mut spawning => spawned,
             ending = early_ending(&cancelled, &self.shutdown, deadline) => {
                 info!(?ending, "the call ended while its worker was being created");
-                match self.registry.cancel_spawn(&ticket) {
-                    SpawnCancel::NotStarted => {
-                        self.containment.release(container).await;
-                        return self.report_unstarted(&events, ending).await;
-                    }
-                    // The spawn returns once the child is dead (or has exec'd); the supervisor then ends the
-                    // job as usual, the ending still being in force.
-                    SpawnCancel::Killed => {
-                        self.containment.kill_early(&container);
-                        early = Some(ending);
-                        spawning.await
+                early = Some(ending.clone());
+                loop {
+                    match self.registry.cancel_spawn(&ticket) {
+                        SpawnCancel::NotStarted => {
+                            self.containment.release(container).await;
+                            return self.report_unstarted(&events, ending).await;
+                        }
+                        // The spawn returns once the child is dead (or has exec'd); the supervisor then ends
+                        // the job as usual, the ending still being in force.
+                        SpawnCancel::Killed => {
+                            self.containment.kill_early(&container);
+                            break spawning.await;
+                        }
+                        // Inside the clone itself: the kernel names the child before it runs; look again.
+                        SpawnCancel::NotYet => tokio::select! {
+                            spawned = &mut spawning => break spawned,
+                            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                        },
                     }
                 }
             }
         };
-        let spawned = match spawned {
-            Ok(spawned) => spawned,
-            Err(e) => {
+        let spawned = match (spawned, early.clone()) {
+            (Ok(spawned), _) => spawned,
+            // The call had ended anyway: report that, not the spawn's own failure.
+            (Err(_), Some(ending)) => {
+                self.containment.release(container).await;
+                return self.report_unstarted(&events, ending).await;
+            }
+            (Err(e), None) => {
                 warn!(error = %e, "spawn failed");
                 self.containment.release(container).await;
                 return self.send_last(&events, Err(e.into())).await;
@@ -325,6 +338,9 @@ impl Jobs {
         let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
         let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
         let reaped = reaps.take();
+        // Everything of the job is dead and reaped: its registry entries (and the guardian's watch on its
+        // sessions) go now, not after a client that reads slowly has taken the report.
+        drop(registration);
         self.metrics.finished(Ending::metric_label(ending.as_ref(), end.oom_killed));
         debug!(
             end_us = (started_at.elapsed() - wall_time).as_micros() as u64,
@@ -338,7 +354,6 @@ impl Jobs {
         // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
         let report = self.report(&events, exit, ending, end, wall_time, reaped);
         tokio::join!(report, self.containment.release(container));
-        drop(registration);
         drop(slot);
     }
 

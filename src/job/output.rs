@@ -117,7 +117,12 @@ pub(crate) async fn pump<T>(
                     }
                 }
                 if allowed < n as u64 {
-                    // Over the cap: stop reading, so the job blocks until it is killed.
+                    // Over the cap: stop reading but keep the pipe open, so the job blocks in `write` until
+                    // it is killed (closing it would let SIGPIPE end the job first, as if on its own).
+                    tokio::select! {
+                        () = worker_gone.cancelled() => {}
+                        () = abandon.cancelled() => {}
+                    }
                     return (PumpEnd::OverLimit, sent);
                 }
             }

@@ -14,7 +14,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tracing::{debug, error, info, warn};
 
 use super::procfs::{ProcStat, v2_cgroup_name};
-use super::registry::{ReapedOrphan, Registry, WorkerExit, lock};
+use super::registry::{ReapedOrphan, Registry, lock};
 use super::signal::signal_group;
 
 impl Registry {
@@ -76,12 +76,7 @@ impl Registry {
             };
             if let Some(exit) = inner.workers.remove(&pid) {
                 // The job may be gone already (its call ended); then nobody needs the status.
-                let _ = exit.send(WorkerExit {
-                    status: reaped.status,
-                    user_time: reaped.user_time,
-                    system_time: reaped.system_time,
-                    max_rss_bytes: reaped.max_rss_bytes,
-                });
+                let _ = exit.send(reaped);
                 continue;
             }
             if pid == self.guardian_pid.load(Ordering::Acquire) {

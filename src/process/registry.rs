@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -35,19 +34,8 @@ pub(crate) trait SessionWatch: Send + Sync + std::fmt::Debug {
     fn forget_session(&self, sid: i32);
 }
 
-/// A worker's end, as the reaper saw it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WorkerExit {
-    /// Exit code or killing signal.
-    pub(crate) status: ExitStatus,
-    /// User CPU time of the worker (and the children it waited for).
-    pub(crate) user_time: Duration,
-    /// System CPU time, likewise.
-    pub(crate) system_time: Duration,
-    /// `ru_maxrss`: the peak resident set size of the worker and the children it waited for, but at least
-    /// the server's own at spawn time (Linux carries the spawning process's high-water mark across exec).
-    pub(crate) max_rss_bytes: u64,
-}
+/// A worker's end, as the reaper saw it: `wait4`'s report.
+pub(crate) use super::wait::Reaped as WorkerExit;
 
 /// A process other than a worker that the reaper collected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +133,8 @@ pub(crate) enum SpawnCancel {
     NotStarted,
     /// The child exists: it was sent SIGKILL; the spawn returns once it is dead (or has exec'd).
     Killed,
+    /// The clone is under way and the kernel has not named the child yet: ask again shortly.
+    NotYet,
 }
 
 /// The worker registry shared by the spawner, the killers and the reaper.
@@ -223,7 +213,10 @@ impl Registry {
             ticket.cancelled.store(true, Ordering::Release);
             return SpawnCancel::NotStarted;
         }
-        if pid > 0 && (in_flight || inner.workers.contains_key(&pid)) {
+        if pid == 0 {
+            return SpawnCancel::NotYet;
+        }
+        if in_flight || inner.workers.contains_key(&pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             let _ = signal_group(pid, Signal::SIGKILL);
         }

@@ -18,9 +18,14 @@ pub(crate) enum ExitStatus {
 /// What `wait4` reports about a reaped child.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reaped {
+    /// Exit code or killing signal.
     pub(crate) status: ExitStatus,
+    /// User CPU time of the child (and the children it waited for).
     pub(crate) user_time: Duration,
+    /// System CPU time, likewise.
     pub(crate) system_time: Duration,
+    /// `ru_maxrss`: the peak resident set size of the child and the children it waited for, but at least the
+    /// spawning process's own at exec time (Linux carries its high-water mark across exec).
     pub(crate) max_rss_bytes: u64,
 }
 

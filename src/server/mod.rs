@@ -116,8 +116,8 @@ pub async fn run(
         guardian.clone(),
     )
     .await?;
-    let announce = guardian.as_ref().filter(|_| containment.sessions_guarded()).map(|g| g.announce_fd());
-    let spawner = Spawner::start(Arc::clone(&registry), announce)?;
+    let guardian_fd = guardian.as_ref().map(|g| g.announce_fd());
+    let spawner = Spawner::start(Arc::clone(&registry), guardian_fd, containment.sessions_guarded())?;
 
     let config = Arc::new(config);
     let pool = Pool::new(config.worker_count(), config.queue);

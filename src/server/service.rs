@@ -90,11 +90,18 @@ impl pb::executor_server::Executor for ExecutorService {
                 None => "this token may not run raw commands".to_string(),
             }));
         }
+        // Counted by the tracker from before admission: the drain closes the pool before it waits for the
+        // tracker, so a call admitted at all is one the drain waits for.
+        let tracked = self.tracker.token();
         let admission = self.jobs.admit().map_err(admission_status)?;
         let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
         let cancelled = CancellationToken::new();
         let call = Call { plan, admission, requests, events, cancelled: cancelled.clone(), deadline, peer };
-        self.tracker.spawn(Arc::clone(&self.jobs).run(call));
+        let jobs = Arc::clone(&self.jobs);
+        tokio::spawn(async move {
+            jobs.run(call).await;
+            drop(tracked);
+        });
         let stream = CallStream { events: ReceiverStream::new(receiver), _cancel_on_drop: cancelled.drop_guard() };
         Ok(Response::new(Box::pin(stream)))
     }

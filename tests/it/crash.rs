@@ -179,8 +179,15 @@ async fn the_guardian_ignores_stop_signals_and_lives_as_long_as_the_server() {
     }
     std::thread::sleep(Duration::from_millis(200));
     assert!(exists(&guardian) && proc_info(guardian.pid).is_some_and(|p| p.state != 'Z'), "the guardian died");
-    // Its fds: stdin, stdout, stderr and the server's socket; nothing else of the server's.
-    assert_eq!(fds_of(guardian.pid).len(), 4, "{:?}", fds_of(guardian.pid));
+    // Its fds: stdin, stdout, stderr, its end of the socket and the server's pidfd; nothing of the server's.
+    let targets: Vec<String> = fds_of(guardian.pid)
+        .into_iter()
+        .filter(|fd| *fd > 2)
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{}/fd/{fd}", guardian.pid)).ok())
+        .map(|t| t.display().to_string())
+        .collect();
+    assert_eq!(targets.iter().filter(|t| t.starts_with("socket:")).count(), 1, "{targets:?}");
+    assert!(targets.iter().all(|t| t.starts_with("socket:") || t.contains("pidfd")), "{targets:?}");
     let mut client = server.client().await;
     assert_serving(&mut client).await;
     // A clean exit takes the guardian along too.
@@ -219,5 +226,34 @@ async fn a_dead_guardian_is_reported_and_the_next_start_still_cleans_up() {
     assert!(second.log_text().contains("left by a crashed server"), "leftovers not reported");
     drop(call);
     drop(second);
+    assert!(wait_until(Duration::from_secs(5), || std::fs::remove_dir(&root).is_ok()), "the test's cgroup root");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_frozen_before_exec_cannot_hold_the_guardian_back() {
+    // A child born in a frozen cgroup has not run a single instruction of its own, so it still holds its copy
+    // of the server's end of the guardian's socket: end-of-file alone would never come. The guardian watches
+    // the server's pidfd too.
+    let root = test_cgroup_root("frozen-birth");
+    let extra = format!("cgroup_root = \"{}\"\n", root.display());
+    let Some(mut server) = start(Mode::Cgroup, "frozen-birth", &extra, &[]).await else { return };
+    let tag = tag(70);
+    let mut client = server.client().await;
+    let mut call = OpenCall::open(&mut client, sh(&tree_script(Mode::Cgroup, &tag))).await.expect("open");
+    call.started().await;
+    call.wait_stdout("ready").await;
+    let instance = instance_cgroup(&root);
+    std::fs::write(instance.join("cgroup.freeze"), "1").expect("freeze the instance");
+    let mut frozen_client = server.client().await;
+    let frozen = tokio::spawn(async move { run(&mut frozen_client, raw(&["true"])).await });
+    // Every job is frozen now, the running tree and the child stuck between clone and exec alike.
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_dir(&instance).is_ok_and(|d| d.flatten().filter(|e| e.path().is_dir()).count() == 2)
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    let took = assert_all_die(&mut server, Some(Signal::SIGKILL), &tag, None, Duration::from_secs(3));
+    eprintln!("frozen child before exec, SIGKILL: every job process dead {took:?} after the server");
+    frozen.abort();
+    drop(call);
     assert!(wait_until(Duration::from_secs(5), || std::fs::remove_dir(&root).is_ok()), "the test's cgroup root");
 }

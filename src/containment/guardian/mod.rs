@@ -4,8 +4,9 @@
 //! is SIGKILLed, OOM-killed, aborts or panics, those processes are reparented to init and live on. So at
 //! start-up, while the server is still single-threaded, it forks a tiny guardian process
 //! (`forkpool-guard`). The two share one end each of a `SOCK_SEQPACKET` socket pair; the server's end is
-//! close-on-exec and held by no other process, so the guardian reading end-of-file means exactly "the server
-//! is gone". Then the guardian kills what it was told about and exits:
+//! close-on-exec and closed by every child first thing, so the guardian reading end-of-file means "the server
+//! is gone"; so does the server's pidfd turning readable (a child frozen before it could close its copy
+//! cannot hold the guardian back). Then the guardian kills what it was told about and exits:
 //!
 //! - **cgroup mode**: the server's instance cgroup (every job cgroup is inside it): one write to its
 //!   `cgroup.kill` (or freeze, SIGKILL each member, thaw on kernels before 5.14) kills every process of every
@@ -13,7 +14,8 @@
 //!   instance cgroup (v1 hierarchies and working directories are left to the next start).
 //! - **fallback mode**: the jobs' sessions. Each worker announces its own session (= its pid) between
 //!   `setsid` and `exec`, so nothing it starts can precede the announcement; the server adds the sessions of
-//!   escapers it adopts and removes every session when its job is over. The guardian SIGKILLs each session's
+//!   escapers it adopts (at the job's end) and removes every session when its job is over. A process that
+//!   calls `setsid` while its job runs is therefore not covered should the server crash. The guardian SIGKILLs each session's
 //!   process group, then scans `/proc` for any live process whose session or group is one of them, deciding
 //!   and signalling through a pidfd so that a reused pid is never hit.
 //!
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use rustix::process::PidfdFlags;
 
 use crate::process::registry::SessionWatch;
 
@@ -68,6 +71,10 @@ impl Guardian {
     pub fn start(json: bool) -> io::Result<Guardian> {
         let (server_end, guardian_end) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+        // Above stdio: if the server was started with fd 0, 1 or 2 closed, the pair could land there, and the
+        // guardian's stdio set-up (or a worker's dup2) would clobber it.
+        let server_end = rustix::io::fcntl_dupfd_cloexec(&server_end, 3)?;
+        let guardian_end = rustix::io::fcntl_dupfd_cloexec(&guardian_end, 3)?;
         let pid = crate::process::spawn::fork_guardian(guardian_end, move |socket| guard(socket, json))?;
         Ok(Guardian { socket: server_end, pid })
     }
@@ -198,11 +205,29 @@ impl Watch {
     /// Leaves out sessions whose number now belongs to another process (their own processes are all gone).
     fn drop_reused(&mut self) {
         let mut stat = [0u8; 1024];
+        // A live process with the session's number is its leader only if it is the one recorded; if the
+        // leader's start time could not be recorded, a live process with that number may be anyone: skip.
+        // No process with the number: the leader is gone, and its session's members (if any) pin the number.
         self.sessions.retain(|s| match stat_of_pid(s.id, &mut stat) {
-            Some(now) => s.leader_start == 0 || now.start_time == s.leader_start,
+            Some(now) => s.leader_start != 0 && now.start_time == s.leader_start,
             None => true,
         });
     }
+}
+
+/// Waits until a message (or end-of-file) is on `socket` or the server's pidfd says it exited; at most a
+/// second. Returns (a message is ready, the server exited).
+fn wait_for(socket: &OwnedFd, server: Option<&OwnedFd>) -> (bool, bool) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let second = Timespec { tv_sec: 1, tv_nsec: 0 };
+    let mut fds = [PollFd::new(socket, PollFlags::IN), PollFd::new(server.unwrap_or(socket), PollFlags::IN)];
+    let count = if server.is_some() { 2 } else { 1 };
+    if rustix::event::poll(&mut fds[..count], Some(&second)).is_err() {
+        return (false, false);
+    }
+    let message = !fds[0].revents().is_empty();
+    let gone = server.is_some() && !fds[1].revents().is_empty();
+    (message, gone)
 }
 
 /// The guardian's whole life, in the forked child: record what the server says until it is gone, then kill.
@@ -219,11 +244,23 @@ fn guard(socket: OwnedFd, json: bool) {
     let mut message = [0u8; MESSAGE_BYTES];
     let mut dir_buffer = [MaybeUninit::<u8>::uninit(); 32 * 1024];
     let mut text = [0u8; 64 * 1024];
+    // The server's death is seen two ways: end-of-file on the socket (every copy of its end closed), or its
+    // pidfd turning readable (it exited, even while a child frozen between clone and exec still holds a copy
+    // of the socket). Without pidfds (Linux < 5.3), being reparented says the same, checked every second.
+    let server = rustix::process::getppid();
+    let server_fd = server.and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
     loop {
-        match rustix::net::recv(&socket, &mut message[..], RecvFlags::empty()) {
+        let (message_ready, server_gone) = wait_for(&socket, server_fd.as_ref());
+        if server_gone || rustix::process::getppid() != server {
+            break;
+        }
+        if !message_ready {
+            continue;
+        }
+        match rustix::net::recv(&socket, &mut message[..], RecvFlags::DONTWAIT) {
             Ok((0, _)) => break,
             Ok((n, _)) => watch.apply(&message[..n.min(MESSAGE_BYTES)]),
-            Err(Errno::INTR) => {}
+            Err(Errno::INTR | Errno::AGAIN) => {}
             // Not end-of-file, so the server may be alive: never kill on a doubt; look again shortly.
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }

@@ -28,8 +28,10 @@ pub(super) struct ChildPlan {
     pub(super) stdio: [RawFd; 3],
     pub(super) report: RawFd,
     pub(super) server_pid: libc::pid_t,
-    /// The guardian's socket, on which the worker announces its session before exec (fallback mode), or -1.
-    pub(super) announce: RawFd,
+    /// The server's end of the guardian's socket, or -1: the worker announces its session on it before exec
+    /// if `announce` (fallback mode), then closes it at once.
+    pub(super) guardian: RawFd,
+    pub(super) announce: bool,
     /// The server's fd limit, read before the clone: the slow fd-closing fallback closes up to it (the job's
     /// own, lower limit may already be in force then).
     pub(super) fd_limit: libc::c_int,
@@ -186,8 +188,12 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         //    Announce the session to the guardian before anything of the job can run, so that a crash of the
         //    server from now on cannot leave the job's processes behind (fallback mode; best effort: the
         //    guardian logs what it could not track, and a full socket must not stop the job).
-        if plan.announce >= 0 {
-            announce_session(plan.announce);
+        if plan.guardian >= 0 {
+            if plan.announce {
+                announce_session(plan.guardian);
+            }
+            // The guardian learns of the server's death when every copy of this end is closed.
+            libc::close(plan.guardian);
         }
         // 3. Die when the server (the spawner thread) dies; if it already has, we were reparented: exit.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {

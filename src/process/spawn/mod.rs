@@ -219,10 +219,15 @@ struct Threads {
     registry: Arc<Registry>,
     /// Threads waiting for a request.
     idle: AtomicUsize,
+    /// Requests sent and not yet taken by a thread.
+    queued: AtomicUsize,
     /// Threads started.
     started: AtomicUsize,
-    /// Where workers announce their session to the guardian (fallback mode), or -1.
-    announce_fd: std::os::fd::RawFd,
+    /// The server's end of the guardian's socket, or -1: closed by every child before anything else (so a
+    /// child stuck before exec does not hold it), after announcing its session on it if `announce`.
+    guardian_fd: std::os::fd::RawFd,
+    /// Workers announce their session to the guardian (fallback mode).
+    announce: bool,
 }
 
 /// Handle to the spawner threads.
@@ -234,15 +239,22 @@ pub(crate) struct Spawner {
 
 impl Spawner {
     /// Starts the first spawner thread. Call once per process, after the reaper listens for SIGCHLD.
-    /// `announce_fd`, when given, is the guardian's socket on which each worker announces its session.
-    pub(crate) fn start(registry: Arc<Registry>, announce_fd: Option<std::os::fd::RawFd>) -> std::io::Result<Spawner> {
+    /// `guardian_fd`, when given, is the server's end of the guardian's socket, on which each worker announces
+    /// its session if `announce`.
+    pub(crate) fn start(
+        registry: Arc<Registry>,
+        guardian_fd: Option<std::os::fd::RawFd>,
+        announce: bool,
+    ) -> std::io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<Request>();
         let threads = Arc::new(Threads {
             incoming: Mutex::new(incoming),
             registry,
             idle: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
-            announce_fd: announce_fd.unwrap_or(-1),
+            guardian_fd: guardian_fd.unwrap_or(-1),
+            announce,
         });
         start_thread(&threads)?;
         Ok(Spawner { requests, threads })
@@ -257,10 +269,11 @@ impl Spawner {
         ticket: Arc<SpawnTicket>,
     ) -> Result<Spawned, SpawnError> {
         let (reply, answer) = oneshot::channel();
+        self.threads.queued.fetch_add(1, Ordering::AcqRel);
         self.requests.send(Request { command, entry, ticket, reply }).map_err(|_| SpawnError::SpawnerGone)?;
-        // Every thread busy (one may be stuck in a spawn that never reaches exec): add one, so a stuck spawn
-        // delays only its own call.
-        if self.threads.idle.load(Ordering::Acquire) == 0
+        // More requests waiting than threads waiting for them (a thread may be stuck in a spawn that never
+        // reaches exec): add one, so a stuck spawn delays only its own call.
+        if self.threads.queued.load(Ordering::Acquire) > self.threads.idle.load(Ordering::Acquire)
             && self.threads.started.load(Ordering::Acquire) < MAX_SPAWNER_THREADS
             && let Err(e) = start_thread(&self.threads)
         {
@@ -285,9 +298,11 @@ fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
             threads.idle.fetch_add(1, Ordering::AcqRel);
             let next = threads.incoming.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
             threads.idle.fetch_sub(1, Ordering::AcqRel);
+            threads.queued.fetch_sub(1, Ordering::AcqRel);
             let Ok(Request { command, entry, ticket, reply }) = next else { break };
             let registry = &threads.registry;
-            let result = spawn_one(registry, &mut stack, server_pid, threads.announce_fd, &command, entry, &ticket);
+            let guardian = (threads.guardian_fd, threads.announce);
+            let result = spawn_one(registry, &mut stack, server_pid, guardian, &command, entry, &ticket);
             if let Err(Ok(orphaned)) = reply.send(result) {
                 // The job went away during the spawn: nobody would ever end this worker.
                 registry
@@ -316,7 +331,7 @@ fn spawn_one(
     registry: &Arc<Registry>,
     stack: &mut [u8],
     server_pid: libc::pid_t,
-    announce_fd: std::os::fd::RawFd,
+    (guardian_fd, announce): (std::os::fd::RawFd, bool),
     command: &Command,
     entry: WorkerEntry,
     ticket: &Arc<SpawnTicket>,
@@ -353,7 +368,8 @@ fn spawn_one(
         stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
         report: report_w.as_raw_fd(),
         server_pid,
-        announce: announce_fd,
+        guardian: guardian_fd,
+        announce,
         fd_limit: libc::c_int::try_from(fd_limit).unwrap_or(libc::c_int::MAX),
     };
     // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
