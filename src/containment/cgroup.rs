@@ -390,13 +390,18 @@ fn enable_controllers(dirs: &[PathBuf]) -> BTreeSet<&'static str> {
     Controller::ALL.iter().map(|c| c.name()).filter(|c| enabled.split_whitespace().any(|e| e == *c)).collect()
 }
 
-/// The pids in cgroup `dir` and every cgroup below it.
-fn pids_below(dir: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+/// The pids in cgroup `dir` itself.
+fn pids_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
-        .collect();
+        .collect()
+}
+
+/// The pids in cgroup `dir` and every cgroup below it.
+fn pids_below(dir: &Path) -> Vec<i32> {
+    let mut pids = pids_in(dir);
     if let Ok(children) = std::fs::read_dir(dir) {
         for child in children.flatten().filter(|c| c.path().is_dir()) {
             pids.extend(pids_below(&child.path()));
@@ -429,11 +434,7 @@ impl JobCgroup {
 
     /// Pids in the cgroup now.
     pub(crate) fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.v2.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        pids_in(&self.v2)
     }
 
     /// Whether any live process is in the cgroup (or below it).

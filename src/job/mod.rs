@@ -211,14 +211,14 @@ impl Jobs {
             Ok(container) => container,
             Err(e) => {
                 warn!(error = %e, "cannot prepare the job's containment");
-                return self.send_last(&events, Err(JobError::Containment(e))).await;
+                return self.send(&events, Err(JobError::Containment(e))).await;
             }
         };
         let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
             Err(e) => {
                 self.containment.release(container).await;
-                return self.send_last(&events, Err(e.into())).await;
+                return self.send(&events, Err(e.into())).await;
             }
         };
         let prepared = Instant::now();
@@ -270,7 +270,7 @@ impl Jobs {
             (Err(e), None) => {
                 warn!(error = %e, "spawn failed");
                 self.containment.release(container).await;
-                return self.send_last(&events, Err(e.into())).await;
+                return self.send(&events, Err(e.into())).await;
             }
         };
         let started_at = Instant::now();
@@ -379,7 +379,7 @@ impl Jobs {
                 () = &mut deadline => {
                     self.metrics.cancelled.inc();
                     info!("deadline passed while queued");
-                    self.send_last(events, Err(JobError::DeadlineExceeded)).await;
+                    self.send(events, Err(JobError::DeadlineExceeded)).await;
                     return None;
                 }
                 event = ticket.next_event() => match event {
@@ -389,7 +389,7 @@ impl Jobs {
                     }
                     QueueEvent::Closed => {
                         self.metrics.rejected("draining");
-                        self.send_last(events, Err(JobError::ShuttingDown)).await;
+                        self.send(events, Err(JobError::ShuttingDown)).await;
                         return None;
                     }
                 },

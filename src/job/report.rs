@@ -25,7 +25,7 @@ impl Jobs {
         reaped: Vec<crate::process::registry::ReapedOrphan>,
     ) {
         let Some(mut exit) = exit else {
-            return self.send_last(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
+            return self.send(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
         };
         // The job's own peak: its cgroup's where there is one; else `ru_maxrss` when it exceeds what the
         // server carried across exec (its memory's high-water mark, which only grows: read now, it is at least
@@ -52,21 +52,21 @@ impl Jobs {
             }
             Some(Ending::Deadline) => {
                 self.metrics.cancelled.inc();
-                self.send_last(events, Err(JobError::DeadlineExceeded)).await;
+                self.send(events, Err(JobError::DeadlineExceeded)).await;
             }
             // The client's stream broke: counted as a call its client ended; told, if anyone still listens.
             Some(Ending::Transport(code, message)) => {
                 self.metrics.cancelled.inc();
-                self.send_last(events, Err(JobError::Transport(code, message))).await;
+                self.send(events, Err(JobError::Transport(code, message))).await;
             }
-            Some(Ending::Invalid(message)) => self.send_last(events, Err(JobError::InvalidRequest(message))).await,
-            Some(Ending::TooLarge(message)) => self.send_last(events, Err(JobError::MessageTooLarge(message))).await,
+            Some(Ending::Invalid(message)) => self.send(events, Err(JobError::InvalidRequest(message))).await,
+            Some(Ending::TooLarge(message)) => self.send(events, Err(JobError::MessageTooLarge(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     self.metrics.timed_out.inc();
                 }
                 let exited = exited_event(&exit, reason, wall_time, reaped);
-                self.send_last(events, Ok(response(Ev::Exited(exited)))).await;
+                self.send(events, Ok(response(Ev::Exited(exited)))).await;
             }
         }
     }
@@ -76,11 +76,11 @@ impl Jobs {
         match ending {
             Ending::Deadline => {
                 self.metrics.cancelled.inc();
-                self.send_last(events, Err(JobError::DeadlineExceeded)).await;
+                self.send(events, Err(JobError::DeadlineExceeded)).await;
             }
             Ending::Shutdown => {
                 self.metrics.rejected("draining");
-                self.send_last(events, Err(JobError::ShuttingDown)).await;
+                self.send(events, Err(JobError::ShuttingDown)).await;
             }
             _ => {
                 self.metrics.cancelled.inc();
@@ -88,18 +88,13 @@ impl Jobs {
         }
     }
 
-    /// Sends an event, unless the client does not read it before a forced shutdown abandons it.
+    /// Sends an event. If the client is gone there is nobody to tell; if it does not read, a forced shutdown
+    /// abandons the event.
     pub(super) async fn send(&self, events: &mpsc::Sender<Event>, event: Event) {
         tokio::select! {
             _ = events.send(event) => {}
             () = self.abandon.cancelled() => {}
         }
-    }
-
-    /// Sends the call's last item. If the client is gone there is nobody to tell; if it does not read, a
-    /// forced shutdown abandons it.
-    pub(super) async fn send_last(&self, events: &mpsc::Sender<Event>, event: Event) {
-        self.send(events, event).await;
     }
 }
 

@@ -10,44 +10,20 @@ use crate::common::*;
 use forkpool::pb;
 use nix::sys::signal::Signal;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    Cgroup,
-    Fallback,
-}
-
-const MODES: [Mode; 2] = [Mode::Cgroup, Mode::Fallback];
-
-/// A config for `mode` with a fresh work root; returns (args, work root).
+/// A config file for `mode` with a fresh work root; returns (args, work root).
 fn server_args(mode: Mode, extra_toml: &str, name: &str) -> (Vec<String>, PathBuf) {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("containment-{name}-{mode:?}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let work_root = fresh_work_root("containment", name, mode);
+    let dir = work_root.parent().expect("the test's directory").to_path_buf();
     std::fs::create_dir_all(&dir).expect("test dir");
-    let work_root = dir.join("work");
-    let cgroups = if mode == Mode::Cgroup { "auto" } else { "off" };
-    let config = format!(
-        "allow_raw_commands = true\ncgroups = \"{cgroups}\"\nwork_root = \"{}\"\n{extra_toml}",
-        work_root.display()
-    );
     let path = dir.join("forkpool.toml");
-    std::fs::write(&path, config).expect("write config");
+    std::fs::write(&path, mode.toml(&work_root, extra_toml)).expect("write config");
     (vec!["--config".into(), path.display().to_string()], work_root)
 }
 
 /// Starts a server in `mode`; `None` (after saying so) when cgroup mode is not available here.
 async fn start(mode: Mode, extra_toml: &str, name: &str) -> Option<(TestServer, PathBuf)> {
-    let (args, work_root) = server_args(mode, extra_toml, name);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = TestServer::start(&args);
-    let mut client = server.client().await;
-    let status = get_status(&mut client).await;
-    let expected = if mode == Mode::Cgroup { pb::ContainmentMode::Cgroup } else { pb::ContainmentMode::ProcessGroup };
-    if status.containment != expected as i32 {
-        assert_eq!(mode, Mode::Cgroup, "fallback mode must always be available");
-        assert!(!cgroup_mode(&status, name));
-        return None;
-    }
+    let work_root = fresh_work_root("containment", name, mode);
+    let server = start_in_mode(mode, &mode.toml(&work_root, extra_toml), &[], name).await?;
     Some((server, work_root))
 }
 

@@ -6,46 +6,27 @@
 //! Each test tags its jobs' processes with a unique `sleep` argument, so that whatever is left anywhere on
 //! the machine afterwards can be found by its command line.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use nix::sys::signal::Signal;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    Cgroup,
-    Fallback,
-}
-
-fn tag(salt: u32) -> String {
-    unique_tag(salt)
-}
-
 fn config(mode: Mode, name: &str, extra: &str) -> String {
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{name}-{mode:?}-{}", std::process::id()));
-    let cgroups = if mode == Mode::Cgroup { "auto" } else { "off" };
-    format!(
-        "allow_raw_commands = true\nworkers = 16\ncgroups = \"{cgroups}\"\nwork_root = \"{}\"\n{extra}",
-        work.display()
-    )
+    mode.toml(&fresh_work_root("crash", name, mode), &format!("workers = 16\n{extra}"))
 }
 
-/// Starts a server in `mode`; `None` (after saying so) where cgroup mode is not available.
+/// Starts a server in `mode` and checks that it has a guardian; `None` (after saying so) where cgroup mode
+/// is not available.
 async fn start(mode: Mode, name: &str, extra: &str, env: &[(&str, &str)]) -> Option<TestServer> {
-    let server = TestServer::with_config_env(&config(mode, name, extra), &[], env);
-    let mut client = server.client().await;
-    let status = get_status(&mut client).await;
-    if mode == Mode::Cgroup && !cgroup_mode(&status, name) {
-        return None;
-    }
+    let server = start_in_mode(mode, &config(mode, name, extra), env, name).await?;
+    let status = get_status(&mut server.client().await).await;
     assert!(status.containment_detail.contains("a guardian kills them"), "{}", status.containment_detail);
     Some(server)
 }
 
-thread_local! {
-    /// The guardian of a server about to die on its own (taken before, since it leaves with it).
-    static GUARDIANS: std::cell::RefCell<Option<ProcInfo>> = const { std::cell::RefCell::new(None) };
+/// The server's guardian, which must be there.
+fn guardian(server: &TestServer) -> ProcInfo {
+    server.guardian().expect("the server has a guardian")
 }
 
 /// A job whose tree is three sleepers in its session, one in another process group of the same session and,
@@ -61,15 +42,15 @@ fn tree_script(mode: Mode, tag: &str) -> String {
 }
 
 /// Kills the server with `signal` (or waits for it to die on its own), then checks that every tagged process
-/// but `spare` is dead and the guardian gone, within `limit`. Returns how long the processes took to die.
+/// but `spare` is dead and its `guardian` (taken before: it leaves with the server) gone, within `limit`. Returns how long the processes took to die.
 fn assert_all_die(
     server: &mut TestServer,
+    guardian: ProcInfo,
     signal: Option<Signal>,
     tag: &str,
     spare: Option<i32>,
     limit: Duration,
 ) -> Duration {
-    let guardian = server.guardian().or_else(|| GUARDIANS.with(|g| g.borrow().clone())).expect("a guardian");
     if let Some(signal) = signal {
         server.signal(signal);
     }
@@ -89,7 +70,7 @@ async fn sigkill_and_sigabrt_of_the_server_kill_every_process_of_every_job() {
     for mode in [Mode::Cgroup, Mode::Fallback] {
         for (n, signal) in [Signal::SIGKILL, Signal::SIGABRT].into_iter().enumerate() {
             let Some(mut server) = start(mode, &format!("signal{n}"), "", &[]).await else { continue };
-            let tag = tag(n as u32 + if mode == Mode::Cgroup { 0 } else { 10 });
+            let tag = unique_tag(n as u32 + if mode == Mode::Cgroup { 0 } else { 10 });
             // A bystander the guardian must not touch: the same command line, not a job's.
             let mut bystander = std::process::Command::new("sleep").arg(&tag).spawn().expect("bystander");
             let mut client = server.client().await;
@@ -101,8 +82,9 @@ async fn sigkill_and_sigabrt_of_the_server_kill_every_process_of_every_job() {
                 calls.push(call);
             }
             assert_eq!(tagged(&tag).len(), if mode == Mode::Cgroup { 11 } else { 9 });
-            let took =
-                assert_all_die(&mut server, Some(signal), &tag, Some(bystander.id() as i32), Duration::from_secs(3));
+            let guardian = guardian(&server);
+            let spare = Some(bystander.id() as i32);
+            let took = assert_all_die(&mut server, guardian, Some(signal), &tag, spare, Duration::from_secs(3));
             eprintln!("{mode:?}, {signal}: every job process dead {took:?} after the server");
             drop(calls);
             assert_eq!(bystander.try_wait().expect("bystander"), None, "the guardian killed a bystander");
@@ -119,15 +101,15 @@ async fn a_panic_in_the_server_aborts_it_and_its_jobs_die_with_it() {
         let Some(mut server) = start(mode, "panic", catalog, &[("FORKPOOL_TEST_PANIC_ON_JOB", "boom")]).await else {
             continue;
         };
-        let tag = tag(if mode == Mode::Cgroup { 20 } else { 30 });
+        let tag = unique_tag(if mode == Mode::Cgroup { 20 } else { 30 });
         let mut client = server.client().await;
         let mut call = OpenCall::open(&mut client, sh(&tree_script(mode, &tag))).await.expect("open");
         call.started().await;
         call.wait_stdout("ready").await;
         // The job task of `boom` panics on a runtime thread: the panic must not be swallowed.
-        GUARDIANS.with(|g| *g.borrow_mut() = server.guardian());
+        let guardian = guardian(&server);
         let _ = run(&mut client, job("boom", &[])).await;
-        let took = assert_all_die(&mut server, None, &tag, None, Duration::from_secs(3));
+        let took = assert_all_die(&mut server, guardian, None, &tag, None, Duration::from_secs(3));
         assert!(server.log_text().contains("injected fault"), "the panic is in the log");
         eprintln!("{mode:?}, panic: every job process dead {took:?} after the server");
     }
@@ -137,7 +119,7 @@ async fn a_panic_in_the_server_aborts_it_and_its_jobs_die_with_it() {
 async fn sigkill_during_a_burst_of_spawns_leaves_nothing() {
     for mode in [Mode::Cgroup, Mode::Fallback] {
         let Some(mut server) = start(mode, "burst", "", &[]).await else { continue };
-        let tag = tag(if mode == Mode::Cgroup { 40 } else { 50 });
+        let tag = unique_tag(if mode == Mode::Cgroup { 40 } else { 50 });
         let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..4 {
@@ -161,7 +143,8 @@ async fn sigkill_during_a_burst_of_spawns_leaves_nothing() {
             wait_until_async(Duration::from_secs(20), || started.load(std::sync::atomic::Ordering::Relaxed) >= 12)
                 .await
         );
-        let took = assert_all_die(&mut server, Some(Signal::SIGKILL), &tag, None, Duration::from_secs(3));
+        let guardian = guardian(&server);
+        let took = assert_all_die(&mut server, guardian, Some(Signal::SIGKILL), &tag, None, Duration::from_secs(3));
         for task in tasks {
             task.abort();
         }
@@ -205,7 +188,7 @@ async fn a_dead_guardian_is_reported_and_the_next_start_still_cleans_up() {
     let toml = config(Mode::Cgroup, name, &extra);
     let Some(mut first) = start(Mode::Cgroup, name, &extra, &[]).await else { return };
     let mut client = first.client().await;
-    let tag = tag(60);
+    let tag = unique_tag(60);
     let mut call = OpenCall::open(&mut client, sh(&tree_script(Mode::Cgroup, &tag))).await.expect("open");
     call.started().await;
     call.wait_stdout("ready").await;
@@ -237,7 +220,7 @@ async fn a_child_frozen_before_exec_cannot_hold_the_guardian_back() {
     let root = test_cgroup_root("frozen-birth");
     let extra = format!("cgroup_root = \"{}\"\n", root.display());
     let Some(mut server) = start(Mode::Cgroup, "frozen-birth", &extra, &[]).await else { return };
-    let tag = tag(70);
+    let tag = unique_tag(70);
     let mut client = server.client().await;
     let mut call = OpenCall::open(&mut client, sh(&tree_script(Mode::Cgroup, &tag))).await.expect("open");
     call.started().await;
@@ -251,7 +234,8 @@ async fn a_child_frozen_before_exec_cannot_hold_the_guardian_back() {
         std::fs::read_dir(&instance).is_ok_and(|d| d.flatten().filter(|e| e.path().is_dir()).count() == 2)
     }));
     std::thread::sleep(Duration::from_millis(100));
-    let took = assert_all_die(&mut server, Some(Signal::SIGKILL), &tag, None, Duration::from_secs(3));
+    let guardian = guardian(&server);
+    let took = assert_all_die(&mut server, guardian, Some(Signal::SIGKILL), &tag, None, Duration::from_secs(3));
     eprintln!("frozen child before exec, SIGKILL: every job process dead {took:?} after the server");
     frozen.abort();
     drop(call);

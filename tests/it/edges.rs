@@ -102,17 +102,25 @@ impl tonic::codec::Codec for RawRequests {
     }
 }
 
+/// An `Execute` call whose request messages are the raw bytes received on `requests`.
+async fn raw_execute(
+    channel: &tonic::transport::Channel,
+    requests: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<tonic::Response<tonic::Streaming<pb::ExecuteResponse>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/forkpool.v1.Executor/Execute");
+    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+    grpc.streaming(request, path, RawRequests).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_does_not_decode_mid_call_gets_invalid_argument_and_kills_the_job() {
     let server = TestServer::start(&["--allow-raw-commands"]);
     let channel = tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("c");
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     tx.send(start_msg(sh("echo ready; sleep 1000")).encode_to_vec()).await.expect("queue");
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/forkpool.v1.Executor/Execute");
-    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let mut responses = grpc.streaming(request, path, RawRequests).await.expect("accepted").into_inner();
+    let mut responses = raw_execute(&channel, rx).await.expect("accepted").into_inner();
     let mut pid = None;
     let mut output = Vec::new();
     while !output.ends_with(b"ready\n") {
@@ -136,11 +144,7 @@ async fn a_message_that_does_not_decode_mid_call_gets_invalid_argument_and_kills
     // The same as the first message: refused with the same code, nothing started.
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     tx.send(vec![0x0a, 0xff]).await.expect("queue");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/forkpool.v1.Executor/Execute");
-    let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let refused = grpc.streaming(request, path, RawRequests).await.expect_err("refused");
+    let refused = raw_execute(&channel, rx).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("malformed request"), "{}", refused.message());
     let mut client = server.client().await;

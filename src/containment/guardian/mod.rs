@@ -299,23 +299,26 @@ fn log_crash(json: bool, killed: u32, overflowed: u32, took: Duration) {
     };
     let mut digits = [0u8; 10];
     let millis = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
-    if json {
-        put(b"{\"level\":\"WARN\",\"fields\":{\"message\":\"the server is gone: killed its jobs' processes\",\"killed\":");
-        put(number(&mut digits, killed));
-        put(b",\"untracked_sessions\":");
-        put(number(&mut digits, overflowed));
-        put(b",\"took_ms\":");
-        put(number(&mut digits, millis));
-        put(b"},\"target\":\"forkpool::guardian\"}\n");
+    let fields: [(&[u8], u32); 3] = [(b"killed", killed), (b"untracked_sessions", overflowed), (b"took_ms", millis)];
+    // Per format: the start, then before each field's name, between name and value, and the end.
+    let (start, before, between, end): (&[u8], &[u8], &[u8], &[u8]) = if json {
+        (
+            b"{\"level\":\"WARN\",\"fields\":{\"message\":\"the server is gone: killed its jobs' processes\"",
+            b",\"",
+            b"\":",
+            b"},\"target\":\"forkpool::guardian\"}\n",
+        )
     } else {
-        put(b" WARN forkpool::guardian: the server is gone: killed its jobs' processes killed=");
-        put(number(&mut digits, killed));
-        put(b" untracked_sessions=");
-        put(number(&mut digits, overflowed));
-        put(b" took_ms=");
-        put(number(&mut digits, millis));
-        put(b"\n");
+        (b" WARN forkpool::guardian: the server is gone: killed its jobs' processes", b" ", b"=", b"\n")
+    };
+    put(start);
+    for (name, value) in fields {
+        put(before);
+        put(name);
+        put(between);
+        put(number(&mut digits, value));
     }
+    put(end);
     let _ = rustix::io::write(std::io::stderr(), &line[..at]);
 }
 

@@ -53,3 +53,44 @@ pub fn instance_cgroup(root: &std::path::Path) -> std::path::PathBuf {
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("instance-")))
         .expect("the server's instance cgroup")
 }
+
+/// The containment modes a test can ask a server for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Cgroup,
+    Fallback,
+}
+
+/// Both modes, cgroup mode first.
+pub const MODES: [Mode; 2] = [Mode::Cgroup, Mode::Fallback];
+
+impl Mode {
+    /// A config for this mode: raw commands allowed, jobs' working directories under `work_root`, then `extra`.
+    pub fn toml(self, work_root: &std::path::Path, extra: &str) -> String {
+        let cgroups = if self == Mode::Cgroup { "auto" } else { "off" };
+        format!("allow_raw_commands = true\ncgroups = \"{cgroups}\"\nwork_root = \"{}\"\n{extra}", work_root.display())
+    }
+}
+
+/// A fresh working-directory root for the test `name` in `mode`.
+pub fn fresh_work_root(prefix: &str, name: &str, mode: Mode) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{prefix}-{name}-{mode:?}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("work")
+}
+
+/// Starts a server with config `toml` (made by [`Mode::toml`]) and `env` added to its environment, and checks
+/// that it runs in `mode`; `None` (after saying so) where cgroup mode is not available here.
+pub async fn start_in_mode(mode: Mode, toml: &str, env: &[(&str, &str)], name: &str) -> Option<super::TestServer> {
+    let server = super::TestServer::with_config_env(toml, &[], env);
+    let mut client = server.client().await;
+    let status = super::get_status(&mut client).await;
+    let expected = if mode == Mode::Cgroup { pb::ContainmentMode::Cgroup } else { pb::ContainmentMode::ProcessGroup };
+    if status.containment != expected as i32 {
+        assert_eq!(mode, Mode::Cgroup, "fallback mode must always be available");
+        assert!(!cgroup_mode(&status, name));
+        return None;
+    }
+    Some(server)
+}
