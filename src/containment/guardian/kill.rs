@@ -89,15 +89,19 @@ pub(super) fn remove_jobs_and_dir(dir: &CStr, dir_buffer: &mut [MaybeUninit<u8>]
 }
 
 /// SIGKILLs every watched session's group, then every process whose session or group is watched, until a
-/// scan of `/proc` finds none or the budget is spent. Returns how many processes were signalled.
+/// scan of `/proc` finds none or the budget is spent. Returns how many groups and processes were signalled.
 pub(super) fn kill_sessions(watch: &Watch, dir_buffer: &mut [MaybeUninit<u8>], text: &mut [u8], began: Instant) -> u32 {
+    // Each group signalled counts once (it held at least one process); the scan then counts each process it
+    // still finds alive.
+    let mut killed = 0;
     for session in &watch.sessions {
-        if let Some(group) = Pid::from_raw(session.id).filter(|_| session.id > 1) {
-            let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        if let Some(group) = Pid::from_raw(session.id).filter(|_| session.id > 1)
+            && rustix::process::kill_process_group(group, Signal::KILL).is_ok()
+        {
+            killed += 1;
         }
     }
     let own = rustix::process::getpid().as_raw_nonzero().get();
-    let mut killed = 0;
     loop {
         let mut found = 0;
         let Ok(proc_dir) = openat(CWD, c"/proc", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
