@@ -17,9 +17,11 @@
 //!    directory, and [`process::spawn`] starts the worker: a long-lived spawner thread (so
 //!    `PR_SET_PDEATHSIG` means "the server died") clones a child that is born in the job's cgroup, sets it up
 //!    with async-signal-safe calls only, and execs. The kernel hands the child's pid to the
-//!    [`process::registry`] before the child runs.
-//! 4. [`job::output`] pumps the worker's stdout and stderr into bounded chunks (back-pressure: a slow client
-//!    slows the job, never grows the server); stdin and signals flow the other way.
+//!    [`process::registry`] before the child runs. A terminal job's pty pair is opened there too, and its
+//!    slave becomes the child's stdio and controlling terminal.
+//! 4. [`job::stdio`] pumps the worker's stdout and stderr (or its terminal) into bounded chunks
+//!    (back-pressure: a slow client slows the job, never grows the server); stdin, signals and
+//!    [`job::terminal`] resizes flow the other way.
 //! 5. The call ends. [`job::supervise`] decides the ending (the worker's exit, cancel, deadline, timeout,
 //!    shutdown, output cap, an invalid request) and [`process::kill`] sends SIGTERM + SIGCONT to the job's
 //!    group and SIGKILL after the grace period.
@@ -36,11 +38,11 @@
 //! | module | concern |
 //! |---|---|
 //! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
-//! | [`job`] | one call's life: the pool, supervision (endings decided), stdio pumps, the report, the counters |
-//! | [`process`] | spawning (the only fork-time unsafe code), the registry, the reaper (the only waiter), killing, `/proc` |
+//! | [`job`] | one call's life: the pool, supervision (endings decided), stdio and pty pumps, terminals, the report, the counters |
+//! | [`process`] | spawning (the only fork-time and pty unsafe code), the registry, the reaper (the only waiter), killing, `/proc` |
 //! | [`containment`] | cgroups, working directories, a crashed server's leftovers, the guardian |
 //! | [`config`] | the file's schema and the catalog, the request plan, limits, units |
-//! | [`cli`] | `forkpool run`, `jobs`, `status` and `bench` |
+//! | [`cli`] | `forkpool run` (`-t`: under a terminal, the local one raw), `jobs`, `status` and `bench` |
 //!
 //! Dependencies point down this list and never back up: `job` uses `process` and `containment`, which know
 //! nothing of calls; `process` knows nothing of containment (the guardian is injected as a

@@ -154,6 +154,10 @@ struct RunArgs {
     /// Environment entry for the job (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Run the job under a terminal: the local terminal goes into raw mode (keys, Ctrl-C included, go to the
+    /// job), its size follows the local window. Needs a terminal on stdin.
+    #[arg(short = 't', long = "tty")]
+    tty: bool,
     /// The job's extra args, or the raw command.
     #[arg(last = true)]
     args: Vec<String>,
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
                     kill_grace: args.kill_grace,
                     env: args.env,
                     args: args.args,
+                    terminal: args.tty,
                 };
                 cli::run(options).await
             }

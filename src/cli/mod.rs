@@ -1,4 +1,6 @@
-//! The command-line client: `forkpool run`, `forkpool jobs`, `forkpool status`.
+//! The command-line client: `forkpool run` (with `-t`, under a terminal), `forkpool jobs`, `forkpool status`.
+
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -115,11 +117,23 @@ pub struct RunOptions {
     pub env: Vec<(String, String)>,
     /// The job's extra args, or the raw argv.
     pub args: Vec<String>,
+    /// Run the job under a terminal, with the local terminal in raw mode (`-t`).
+    pub terminal: bool,
 }
 
 /// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
 /// 128+N when a signal N killed it).
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
+    // Checked first: `-t` without a local terminal is a usage error, whatever the server says.
+    let raw_mode = if options.terminal { Some(terminal::RawMode::enter()?) } else { None };
+    let code = run_job(options, raw_mode.is_some()).await;
+    // The local terminal is itself again before anything more is printed.
+    drop(raw_mode);
+    code
+}
+
+async fn run_job(options: RunOptions, with_terminal: bool) -> anyhow::Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
     let mut client = connect(&options.connection).await?;
     let (job, args, command) = match options.job {
         Some(job) => (job, options.args, Vec::new()),
@@ -133,9 +147,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         env: options.env.into_iter().collect(),
         timeout: options.timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
         kill_grace: options.kill_grace.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        terminal: with_terminal.then(|| {
+            let (rows, cols) = terminal::window_size().unwrap_or((0, 0));
+            pb::Terminal { rows, cols, no_echo: false, term: std::env::var("TERM").unwrap_or_default() }
+        }),
     };
     let (requests, outgoing) = mpsc::channel(4);
     requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
+    if with_terminal {
+        tokio::spawn(forward_window_size(requests.clone()));
+    }
     tokio::spawn(forward_stdin(requests));
     let mut responses = client.execute(ReceiverStream::new(outgoing)).await.map_err(call_failed)?.into_inner();
 
@@ -144,7 +165,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
     let mut stderr = tokio::io::stderr();
     // Created once, before the first event: a SIGINT that arrives while output is being written (even into
     // a pipe nobody reads) is kept and seen, never lost between two waits.
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    // With a terminal, keys never signal this client (raw mode); a signal from elsewhere ends the call and
+    // restores the terminal, rather than leaving it raw.
+    let watch = |kind: SignalKind| with_terminal.then(|| signal(kind).map(|s| (s, kind.as_raw_value()))).transpose();
+    let (mut term, mut hup, mut quit) =
+        (watch(SignalKind::terminate())?, watch(SignalKind::hangup())?, watch(SignalKind::quit())?);
     loop {
         let step = async {
             let event = match responses.message().await {
@@ -178,12 +204,45 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         };
         tokio::select! {
             _ = interrupt.recv() => {
-                eprintln!("\nforkpool: interrupted; the job is cancelled");
+                eprintln!("\r\nforkpool: interrupted; the job is cancelled\r");
                 return Ok(EXIT_INTERRUPTED);
             }
+            signal = received(&mut term) => return Ok(ended_by(signal)),
+            signal = received(&mut hup) => return Ok(ended_by(signal)),
+            signal = received(&mut quit) => return Ok(ended_by(signal)),
             step = step => if let Some(code) = step? {
                 return Ok(code);
             },
+        }
+    }
+}
+
+/// Waits for a signal being watched (never, if it is not); returns its number.
+async fn received(watched: &mut Option<(tokio::signal::unix::Signal, i32)>) -> i32 {
+    match watched {
+        Some((signal, number)) => {
+            signal.recv().await;
+            *number
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The exit code after a signal ended the call.
+fn ended_by(signal: i32) -> i32 {
+    eprintln!("\r\nforkpool: signal {signal}; the job is cancelled\r");
+    128 + signal
+}
+
+/// Sends the local terminal's size on every SIGWINCH, until the call ends.
+async fn forward_window_size(requests: mpsc::Sender<pb::ExecuteRequest>) {
+    let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+    while winch.recv().await.is_some() {
+        if let Some((rows, cols)) = terminal::window_size() {
+            let resize = pb::ExecuteRequest { msg: Some(Msg::Resize(pb::Resize { rows, cols })) };
+            if requests.send(resize).await.is_err() {
+                return;
+            }
         }
     }
 }

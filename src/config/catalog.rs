@@ -46,10 +46,25 @@ pub struct CatalogJob {
     /// Run with this group (name or gid) [default: the user's primary group].
     #[serde(default)]
     pub group: Option<String>,
+    /// Whether a request may run this job under a terminal (`StartJob.terminal`).
+    #[serde(default = "yes")]
+    pub terminal: bool,
     /// `(uid, gid)` resolved from `user`/`group` by [`Config::prepare`].
     #[serde(skip)]
     pub ids: Option<(u32, u32)>,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// The demo catalog's interactive job: it prompts only on a terminal and reads the password with echo off
+/// (turned off before the prompt is shown, as `getpass` does, so nothing typed after it can be echoed).
+const PROMPT_SCRIPT: &str = r#"if [ ! -t 0 ]; then echo "prompt: needs a terminal (StartJob.terminal, forkpool run -t)" >&2; exit 2; fi
+printf 'Name: '; read -r name
+stty -echo; printf 'Password: '; read -r password; stty echo; echo
+echo "Hello, $name. Your password has ${#password} characters."
+"#;
 
 /// The demo catalog used when no config file is given: harmless jobs to try the service with.
 pub(super) fn builtin_catalog() -> Vec<CatalogJob> {
@@ -65,12 +80,17 @@ pub(super) fn builtin_catalog() -> Vec<CatalogJob> {
         cwd: None,
         user: None,
         group: None,
+        terminal: true,
         ids: None,
     };
+    let mut prompt =
+        job("prompt", "Asks for a name and a password; needs a terminal (`forkpool run -t`).", "sh", false, 600);
+    prompt.command.extend(["-c".into(), PROMPT_SCRIPT.into()]);
     vec![
         job("echo", "Prints its arguments.", "echo", true, 10),
         job("sleep", "Sleeps for the given number of seconds.", "sleep", true, 3600),
         job("cat", "Copies stdin to stdout.", "cat", false, 3600),
+        prompt,
     ]
 }
 
@@ -85,6 +105,7 @@ impl Config {
                 command: j.command.clone(),
                 accepts_args: j.accepts_args,
                 max_timeout: j.max_timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                terminal_allowed: j.terminal,
             })
             .collect()
     }

@@ -12,7 +12,7 @@ pub mod units;
 pub use catalog::CatalogJob;
 use catalog::builtin_catalog;
 use plan::check_env_entry;
-pub use plan::{JobPlan, PlanError};
+pub use plan::{DEFAULT_COLS, DEFAULT_ROWS, DEFAULT_TERM, JobPlan, PlanError, TerminalPlan, window_size};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub struct Config {
     pub workers: usize,
     /// Calls that may wait for a worker slot; beyond that, `RESOURCE_EXHAUSTED`.
     pub queue: usize,
+    /// Terminal jobs (queued or running) at once; beyond that, `RESOURCE_EXHAUSTED`. Each holds a
+    /// pseudo-terminal, of which the system has `/proc/sys/kernel/pty/max`; 0 = no terminal jobs.
+    pub max_terminals: usize,
     /// Whether `StartJob.command` (a raw argv) is accepted.
     pub allow_raw_commands: bool,
     /// SIGTERM → SIGKILL grace when the request names none.
@@ -104,6 +107,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid address"),
             workers: 0,
             queue: 64,
+            max_terminals: 256,
             allow_raw_commands: false,
             default_kill_grace: Duration::from_secs(2),
             max_kill_grace: Duration::from_secs(60),

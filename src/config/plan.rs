@@ -27,54 +27,76 @@ impl Config {
             check_env_entry(k, v).map_err(InvalidArgument)?;
         }
         let mut env = base_env();
-        let (name, mut argv, max_timeout, limits, cwd, ids) = match (start.job.is_empty(), start.command.is_empty()) {
-            (true, true) => {
-                return Err(InvalidArgument(
-                    "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
-                ));
-            }
-            (false, false) => {
-                return Err(InvalidArgument("start sets both `job` and `command`; set exactly one".into()));
-            }
-            (true, false) => {
-                if !self.allow_raw_commands {
-                    return Err(PermissionDenied(
-                        "raw commands are not allowed on this server; run a catalog job (see ListJobs)".into(),
+        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed) =
+            match (start.job.is_empty(), start.command.is_empty()) {
+                (true, true) => {
+                    return Err(InvalidArgument(
+                        "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
                     ));
                 }
-                if start.command[0].is_empty() {
-                    return Err(InvalidArgument("command[0] (the program) is empty".into()));
+                (false, false) => {
+                    return Err(InvalidArgument("start sets both `job` and `command`; set exactly one".into()));
                 }
-                env.extend(start.env);
-                (format!("raw:{}", start.command[0]), start.command, self.raw_max_timeout, self.limits, None, None)
-            }
-            (false, true) => {
-                let job =
-                    self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
+                (true, false) => {
+                    if !self.allow_raw_commands {
+                        return Err(PermissionDenied(
+                            "raw commands are not allowed on this server; run a catalog job (see ListJobs)".into(),
+                        ));
+                    }
+                    if start.command[0].is_empty() {
+                        return Err(InvalidArgument("command[0] (the program) is empty".into()));
+                    }
+                    env.extend(start.env);
+                    let name = format!("raw:{}", start.command[0]);
+                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true)
+                }
+                (false, true) => {
+                    let job = self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
                         NotFound(format!("no job named `{}` in the catalog (see ListJobs)", start.job))
                     })?;
-                if !start.args.is_empty() && !job.accepts_args {
-                    return Err(PermissionDenied(format!("job `{}` does not accept arguments", job.name)));
+                    if !start.args.is_empty() && !job.accepts_args {
+                        return Err(PermissionDenied(format!("job `{}` does not accept arguments", job.name)));
+                    }
+                    if let Some(key) = start.env.keys().find(|k| !job.allowed_env.contains(k)) {
+                        return Err(PermissionDenied(format!(
+                            "job `{}` does not accept environment variable `{key}` (allowed: {:?})",
+                            job.name, job.allowed_env
+                        )));
+                    }
+                    env.extend(job.env.clone());
+                    env.extend(start.env);
+                    let limits = job.limits.or(self.limits);
+                    let command = job.command.clone();
+                    (job.name.clone(), command, job.max_timeout, limits, job.cwd.clone(), job.ids, job.terminal)
                 }
-                if let Some(key) = start.env.keys().find(|k| !job.allowed_env.contains(k)) {
-                    return Err(PermissionDenied(format!(
-                        "job `{}` does not accept environment variable `{key}` (allowed: {:?})",
-                        job.name, job.allowed_env
-                    )));
-                }
-                env.extend(job.env.clone());
-                env.extend(start.env);
-                let limits = job.limits.or(self.limits);
-                (job.name.clone(), job.command.clone(), job.max_timeout, limits, job.cwd.clone(), job.ids)
-            }
-        };
+            };
         argv.extend(start.args);
         let timeout = match (timeout, max_timeout) {
             (Some(t), Some(max)) => Some(t.min(max)),
             (t, max) => t.or(max),
         };
         let kill_grace = kill_grace.unwrap_or(self.default_kill_grace).min(self.max_kill_grace);
-        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids })
+        let terminal = match start.terminal {
+            None => None,
+            Some(_) if self.max_terminals == 0 => {
+                return Err(PermissionDenied("this server runs no terminal jobs (max_terminals = 0)".into()));
+            }
+            Some(_) if !terminal_allowed => {
+                return Err(PermissionDenied(format!("job `{name}` may not run with a terminal (terminal = false)")));
+            }
+            Some(terminal) => {
+                let (rows, cols) = window_size(
+                    if terminal.rows == 0 { DEFAULT_ROWS } else { terminal.rows },
+                    if terminal.cols == 0 { DEFAULT_COLS } else { terminal.cols },
+                )
+                .map_err(InvalidArgument)?;
+                let term = if terminal.term.is_empty() { DEFAULT_TERM.to_string() } else { terminal.term };
+                check_env_entry("TERM", &term).map_err(|m| InvalidArgument(format!("terminal.term: {m}")))?;
+                env.insert("TERM".into(), term);
+                Some(TerminalPlan { rows, cols, echo: !terminal.no_echo })
+            }
+        };
+        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal })
     }
 }
 
@@ -97,6 +119,35 @@ pub struct JobPlan {
     pub cwd: Option<PathBuf>,
     /// `(uid, gid)` to run as.
     pub ids: Option<(u32, u32)>,
+    /// Run under a pseudo-terminal like this (its `TERM` is in `env` already).
+    pub terminal: Option<TerminalPlan>,
+}
+
+/// A terminal job's pseudo-terminal, as it is at exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalPlan {
+    /// Window rows.
+    pub rows: u16,
+    /// Window columns.
+    pub cols: u16,
+    /// Whether the terminal echoes input (`no_echo` turns it off).
+    pub echo: bool,
+}
+
+/// `Terminal.rows` when the request leaves it 0.
+pub const DEFAULT_ROWS: u32 = 24;
+/// `Terminal.cols` when the request leaves it 0.
+pub const DEFAULT_COLS: u32 = 80;
+/// The job's `TERM` when `Terminal.term` is empty.
+pub const DEFAULT_TERM: &str = "xterm-256color";
+
+/// A window size from a request (`Terminal` or `Resize`): each dimension from 1 to 65535, as the kernel's
+/// `struct winsize` holds it.
+pub fn window_size(rows: u32, cols: u32) -> Result<(u16, u16), String> {
+    match (u16::try_from(rows), u16::try_from(cols)) {
+        (Ok(r), Ok(c)) if r > 0 && c > 0 => Ok((r, c)),
+        _ => Err(format!("window size {rows}x{cols} (rows x cols) is out of range: each must be 1 to 65535")),
+    }
 }
 
 /// Why a `StartJob` was refused. Each kind is one gRPC status code.

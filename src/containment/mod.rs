@@ -9,7 +9,7 @@
 //!
 //! Guarantees: in cgroup mode every process the job ever started dies with it, whatever it did (`setsid`,
 //! double fork, stopping itself). In fallback mode the same holds for processes in the job's session or
-//! group, or holding its pipes; a process that left the session *and* closed the job's pipes survives.
+//! group, or holding its pipes or terminal; a process that left the session *and* closed them survives.
 //! Should the server die, the [`crate::containment::guardian`] kills the same sets (and the next start cleans up again).
 
 pub(crate) mod cgroup;
@@ -32,7 +32,7 @@ use workdir::WorkRoot;
 use crate::config::{CgroupMode, Config, JobPlan};
 use crate::pb;
 use crate::process::registry::{JobReaps, Registry, SessionWatch};
-use crate::process::spawn::{Command, SpawnError};
+use crate::process::spawn::{Command, SpawnError, TerminalSpec};
 
 /// How long to wait for a job's leftovers to die and be reaped.
 const LEFTOVERS_WAIT: Duration = Duration::from_secs(5);
@@ -182,11 +182,20 @@ impl Containment {
             .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
             .join_cgroups(&v1_procs)?
             .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
-            .user(plan.ids))
+            .user(plan.ids)
+            .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
     }
 
     /// Kills everything left of the job once its worker is gone and waits (bounded) until it is reaped.
-    pub(crate) async fn end(&self, worker: i32, container: &JobContainer, reaps: &JobReaps, pipes: &[u64]) -> JobEnd {
+    /// `stdio_links` are the job's stdio as `/proc/PID/fd` shows them (how processes that left its group are
+    /// recognised without cgroups).
+    pub(crate) async fn end(
+        &self,
+        worker: i32,
+        container: &JobContainer,
+        reaps: &JobReaps,
+        stdio_links: &[String],
+    ) -> JobEnd {
         let give_up = Instant::now() + LEFTOVERS_WAIT;
         match &container.cgroup {
             Some(cgroup) => {
@@ -201,7 +210,7 @@ impl Containment {
                 }
             }
             None => loop {
-                let pending = crate::process::kill::sweep_escapers(&self.registry, worker, pipes);
+                let pending = crate::process::kill::sweep_escapers(&self.registry, worker, stdio_links);
                 if pending == 0 && !crate::process::signal::group_exists(worker) {
                     break;
                 }

@@ -21,10 +21,11 @@
 //! is killed and reaped, and its output is drained.
 
 pub(crate) mod metrics;
-pub(crate) mod output;
 pub(crate) mod pool;
 mod report;
+pub(crate) mod stdio;
 pub(crate) mod supervise;
+pub(crate) mod terminal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,11 +45,12 @@ use crate::containment::Containment;
 use crate::pb::{self, execute_response::Event as Ev};
 use crate::process::kill::GroupKiller;
 use crate::process::registry::{JobReaps, Registry, SpawnCancel, SpawnTicket, WorkerEntry};
-use crate::process::spawn::{SpawnError, Spawner};
-use output::OutputBudget;
+use crate::process::spawn::{SpawnError, Spawned, Spawner};
 use pool::{Admission, AdmissionError, Pool, QueueEvent, Slot, Ticket};
 use report::response;
+use stdio::{JobIo, OutputBudget};
 use supervise::{Ending, Outcome, Supervisor, sleep_until_or_never};
+use terminal::{TerminalCount, TerminalPermit};
 
 /// One item of a call's response stream.
 pub(crate) type Event = Result<pb::ExecuteResponse, JobError>;
@@ -78,6 +80,9 @@ pub(crate) enum JobError {
     /// The job's cgroup or working directory could not be made; the OS error keeps its kind.
     #[error("cannot prepare the job's containment: {0}")]
     Containment(std::io::Error),
+    /// The job's stdio could not be watched (the runtime's epoll refused it); the job was killed.
+    #[error("cannot relay the job's stdio: {0} (the job was killed)")]
+    Stdio(String),
     /// The worker's status was lost (a bug).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -94,6 +99,8 @@ pub(crate) struct Jobs {
     shutdown: CancellationToken,
     /// Fired late in a forced shutdown: events a client does not read are dropped from then on.
     abandon: CancellationToken,
+    /// Terminal jobs queued or running, against `max_terminals`.
+    terminals: Arc<TerminalCount>,
     next_id: AtomicU64,
     id_prefix: String,
     /// Test-only fault (debug builds): a job task of this catalog job panics.
@@ -107,6 +114,8 @@ pub(crate) struct Call<S> {
     pub(crate) plan: JobPlan,
     /// The slot or queue place.
     pub(crate) admission: Admission,
+    /// A terminal job's place among the server's terminals, held to the end of the call.
+    pub(crate) terminal: Option<TerminalPermit>,
     /// The rest of the request stream (stdin, close_stdin, signal).
     pub(crate) requests: S,
     /// The response stream.
@@ -140,10 +149,17 @@ impl Jobs {
             metrics,
             shutdown,
             abandon,
+            terminals: TerminalCount::new(usize::MAX),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", started & 0xff_ffff),
             panic_on_job: None,
         }
+    }
+
+    /// Caps terminal jobs (queued or running) at `max`.
+    pub(crate) fn with_max_terminals(mut self, max: usize) -> Self {
+        self.terminals = TerminalCount::new(max);
+        self
     }
 
     /// Test-only fault injection: a job task running catalog job `name` panics (the server aborts; see
@@ -172,12 +188,19 @@ impl Jobs {
         &self.containment
     }
 
-    /// Admits a call to the pool, counting refusals.
-    pub(crate) fn admit(&self) -> Result<Admission, AdmissionError> {
-        self.pool.admit().inspect_err(|e| {
+    /// Admits a call to the pool (a terminal job also to one of the server's terminals), counting refusals.
+    pub(crate) fn admit(&self, terminal: bool) -> Result<(Admission, Option<TerminalPermit>), AdmissionError> {
+        let permit = match terminal {
+            false => Ok(None),
+            true => {
+                self.terminals.acquire().map(Some).ok_or(AdmissionError::TooManyTerminals { max: self.terminals.max() })
+            }
+        };
+        permit.and_then(|permit| Ok((self.pool.admit()?, permit))).inspect_err(|e| {
             self.metrics.rejected(match e {
                 AdmissionError::QueueFull { .. } => "queue_full",
                 AdmissionError::Closed => "draining",
+                AdmissionError::TooManyTerminals { .. } => "terminals",
             })
         })
     }
@@ -197,7 +220,8 @@ impl Jobs {
     where
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
-        let Call { plan, admission, requests, events, cancelled, deadline, .. } = call;
+        // The terminal permit (if any) is held, like the call, to the end of this function.
+        let Call { plan, admission, terminal: _permit, requests, events, cancelled, deadline, .. } = call;
         let accepted = Instant::now();
         let slot = match admission {
             Admission::Slot(slot) => slot,
@@ -281,43 +305,47 @@ impl Jobs {
             "spawned"
         );
         self.metrics.started.inc();
-        let pid = spawned.pid;
-        let registration = spawned.registration;
+        let Spawned { pid, io, stdio_links, registration } = spawned;
         tracing::Span::current().record("pid", pid);
-        info!(argv = ?plan.argv, "started");
+        info!(argv = ?plan.argv, terminal = plan.terminal.is_some(), "started");
         let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
         self.send(&events, Ok(response(started))).await;
 
-        // The job's pipes, by inode: how escapers are recognised without cgroups.
-        let pipes: Vec<u64> = [&spawned.stdin, &spawned.stdout, &spawned.stderr]
-            .iter()
-            .filter_map(|fd| nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino))
-            .collect();
+        let io = JobIo::watch(io).inspect_err(|e| warn!(error = %e, "cannot watch the job's stdio; killing it"));
+        let early = match &io {
+            Err(e) if early.is_none() => Some(Ending::Stdio(e.to_string())),
+            _ => early,
+        };
+        let (outputs, stdin_fd, terminal) = match io {
+            Ok(JobIo { stdout, stderr, stdin, terminal }) => (Some((stdout, stderr)), Some(stdin), terminal),
+            Err(_) => (None, None, None),
+        };
         let budget = plan.limits.output.map(|bytes| Arc::new(OutputBudget::new(bytes)));
         let worker_gone = CancellationToken::new();
-        let stdout = tokio::spawn(output::pump(
-            spawned.stdout,
-            events.clone(),
-            |b| Ok(response(Ev::Stdout(b))),
-            worker_gone.clone(),
-            budget.clone(),
-            self.abandon.clone(),
-        ));
-        let stderr = tokio::spawn(output::pump(
-            spawned.stderr,
-            events.clone(),
-            |b| Ok(response(Ev::Stderr(b))),
-            worker_gone.clone(),
-            budget.clone(),
-            self.abandon.clone(),
-        ));
+        let pump = |fd: stdio::Watched, wrap: fn(Vec<u8>) -> Event| {
+            tokio::spawn(stdio::pump(
+                fd,
+                events.clone(),
+                wrap,
+                worker_gone.clone(),
+                budget.clone(),
+                self.abandon.clone(),
+            ))
+        };
+        let (stdout, stderr) = match outputs {
+            Some((out, err)) => (
+                Some(pump(out, |b| Ok(response(Ev::Stdout(b))))),
+                err.map(|err| pump(err, |b| Ok(response(Ev::Stderr(b))))),
+            ),
+            None => (None, None),
+        };
         let (stdin_tx, stdin_rx) = mpsc::channel(4);
-        let stdin = tokio::spawn(output::feed_stdin(spawned.stdin, stdin_rx));
+        let stdin = stdin_fd.map(|fd| tokio::spawn(stdio::feed_stdin(fd, stdin_rx, terminal.clone())));
 
         let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
         // Should this task ever unwind before its worker is reaped, the worker must not outlive the call.
         let mut kill_on_unwind = KillOnDrop(Some(killer.clone()));
-        let supervisor = Supervisor::new(&killer, plan.kill_grace, requests, stdin_tx, early);
+        let supervisor = Supervisor::new(&killer, plan.kill_grace, requests, stdin_tx, terminal.as_ref(), early);
         // A timeout too far away to represent is no timeout (checked: a client chooses it).
         let timeout_at = plan.timeout.and_then(|t| started_at.checked_add(t));
         let over_limit = budget.as_ref().map(|b| &b.exceeded);
@@ -330,13 +358,24 @@ impl Jobs {
         // The reaper killed the rest of the group when it reaped the worker; containment kills what escaped
         // it and waits until everything is reaped (and recorded). Then the pumps drain what is left.
         worker_gone.cancel();
-        stdin.abort();
-        let end = self.containment.end(pid, &container, &reaps, &pipes).await;
+        if let Some(stdin) = stdin {
+            stdin.abort();
+        }
+        // A terminal's master stays open (held by `terminal`) until the sweep is done: its pty number, which
+        // recognises the job's escapers, cannot be given to another job meanwhile.
+        let end = self.containment.end(pid, &container, &reaps, &stdio_links).await;
+        drop(terminal);
         if let Some(at) = ending_at {
             Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
         }
-        let (stdout_end, stdout_bytes) = stdout.await.unwrap_or((output::PumpEnd::Failed, 0));
-        let (stderr_end, stderr_bytes) = stderr.await.unwrap_or((output::PumpEnd::Failed, 0));
+        let pumped = |pump: Option<tokio::task::JoinHandle<(stdio::PumpEnd, u64)>>| async move {
+            match pump {
+                Some(pump) => pump.await.unwrap_or((stdio::PumpEnd::Failed, 0)),
+                None => (stdio::PumpEnd::Failed, 0),
+            }
+        };
+        let (stdout_end, stdout_bytes) = pumped(stdout).await;
+        let (stderr_end, stderr_bytes) = pumped(stderr).await;
         let reaped = reaps.take();
         // Everything of the job is dead and reaped: its registry entries (and the guardian's watch on its
         // sessions) go now, not after a client that reads slowly has taken the report.

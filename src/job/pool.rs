@@ -24,6 +24,12 @@ pub(crate) enum AdmissionError {
     /// The server is draining.
     #[error("the server is shutting down")]
     Closed,
+    /// `max_terminals` terminal jobs are queued or running already.
+    #[error("{max} terminal jobs are queued or running, the server's limit (max_terminals); retry later")]
+    TooManyTerminals {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// The outcome of a successful admission.

@@ -61,6 +61,7 @@ impl Jobs {
             }
             Some(Ending::Invalid(message)) => self.send(events, Err(JobError::InvalidRequest(message))).await,
             Some(Ending::TooLarge(message)) => self.send(events, Err(JobError::MessageTooLarge(message))).await,
+            Some(Ending::Stdio(message)) => self.send(events, Err(JobError::Stdio(message))).await,
             Some(Ending::TimedOut) | Some(Ending::Shutdown) | Some(Ending::OutputLimit) | None => {
                 if reason == pb::ExitReason::TimedOut {
                     self.metrics.timed_out.inc();

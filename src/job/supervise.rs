@@ -1,4 +1,4 @@
-//! The running phase of a job: relays the client's requests (stdin, close_stdin, signals) to the worker and
+//! The running phase of a job: relays the client's requests (stdin, close_stdin, signals, resizes) to the worker and
 //! waits for the worker's exit, deciding when the job must end early (cancel, deadline, timeout, shutdown,
 //! output cap, an invalid request) and starting the kill: SIGTERM + SIGCONT, SIGKILL after the grace.
 
@@ -12,6 +12,8 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::terminal::Terminal;
+use crate::config::window_size;
 use crate::pb::{self, execute_request::Msg};
 use crate::process::kill::GroupKiller;
 use crate::process::registry::WorkerExit;
@@ -28,6 +30,8 @@ pub(crate) enum Ending {
     TooLarge(String),
     /// The request stream failed below gRPC: the transport's code and message.
     Transport(tonic::Code, String),
+    /// The job's stdio could not be relayed (the runtime refused to watch it).
+    Stdio(String),
 }
 
 impl Ending {
@@ -41,7 +45,7 @@ impl Ending {
             Some(Ending::OutputLimit) => pb::ExitReason::OutputLimit,
             // These end with an error status, or with nobody left to tell.
             Some(Ending::Cancelled | Ending::Deadline | Ending::Invalid(_) | Ending::TooLarge(_))
-            | Some(Ending::Transport(..)) => pb::ExitReason::Unspecified,
+            | Some(Ending::Transport(..) | Ending::Stdio(_)) => pb::ExitReason::Unspecified,
         }
     }
 
@@ -57,6 +61,7 @@ impl Ending {
             Some(Ending::Shutdown) => "shutdown",
             Some(Ending::OutputLimit) => "output_limit",
             Some(Ending::Invalid(_) | Ending::TooLarge(_)) => "invalid_request",
+            Some(Ending::Stdio(_)) => "stdio_failed",
         }
     }
 }
@@ -85,6 +90,7 @@ pub(crate) struct Supervisor<'a, S> {
     stdin: Option<mpsc::Sender<Vec<u8>>>,
     pending_stdin: Option<Vec<u8>>,
     requests_open: bool,
+    terminal: Option<&'a Terminal>,
     ending: Option<Ending>,
 }
 
@@ -92,13 +98,15 @@ impl<'a, S> Supervisor<'a, S>
 where
     S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
 {
-    /// Supervises the worker `killer` ends, relaying `requests` (stdin into `stdin`). `early` is how the
-    /// call ended if it did while the worker was being created: then the worker is killed at once.
+    /// Supervises the worker `killer` ends, relaying `requests` (stdin into `stdin`, resizes to `terminal`).
+    /// `early` is how the call ended if it did while the worker was being created (or why the job cannot go
+    /// on): then the worker is killed at once.
     pub(crate) fn new(
         killer: &'a GroupKiller,
         kill_grace: Duration,
         requests: S,
         stdin: mpsc::Sender<Vec<u8>>,
+        terminal: Option<&'a Terminal>,
         early: Option<Ending>,
     ) -> Self {
         Supervisor {
@@ -108,6 +116,7 @@ where
             stdin: Some(stdin),
             pending_stdin: None,
             requests_open: true,
+            terminal,
             ending: early,
         }
     }
@@ -222,6 +231,24 @@ where
                     }
                     Err(message) => Some(Ending::Invalid(message)),
                 },
+                Some(Msg::Resize(resize)) => {
+                    let Some(terminal) = self.terminal else {
+                        return Some(Ending::Invalid(
+                            "`resize` on a job without a terminal (start it with `terminal`); the job was killed"
+                                .into(),
+                        ));
+                    };
+                    match window_size(resize.rows, resize.cols) {
+                        Ok((rows, cols)) => {
+                            debug!(rows, cols, "resizing the terminal");
+                            if let Err(e) = terminal.resize(rows, cols) {
+                                debug!(error = %e, "cannot resize the terminal (the job is ending)");
+                            }
+                            None
+                        }
+                        Err(message) => Some(Ending::Invalid(format!("resize: {message} (the job was killed)"))),
+                    }
+                }
                 Some(Msg::Start(_)) => Some(Ending::Invalid(
                     "a second `start` on the same call: one call runs one job (the running job was killed)".into(),
                 )),

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::procfs::{holds_pipe, server_children};
+use super::procfs::{holds_stdio, server_children};
 use super::registry::Registry;
 use super::signal::signal_group;
 
@@ -63,15 +63,15 @@ impl GroupKiller {
 
 /// Without cgroups, processes that left the job's group (`setsid`, double fork) are found here: children
 /// of the server (they are reparented to it, the subreaper, when their parent dies) that are not workers
-/// and belong to the job's session, to a session already attributed to the job, or hold one of the job's
-/// pipes as stdin/stdout/stderr. Each is SIGKILLed (with its group, if it leads one); the decision and the
+/// and belong to the job's session, to a session already attributed to the job, or hold the job's stdio
+/// (one of its pipes, its terminal) as stdin/stdout/stderr. Each is SIGKILLed (with its group, if it leads one); the decision and the
 /// kill are one step under the registry's lock ([`Registry::kill_if_job_child`]), so a pid reused between
 /// listing and killing can never be hit. Returns how many of the job's escapers are still around
 /// (signalled now, or dead and not yet reaped).
-pub(crate) fn sweep_escapers(registry: &Registry, worker: i32, pipes: &[u64]) -> usize {
+pub(crate) fn sweep_escapers(registry: &Registry, worker: i32, stdio_links: &[String]) -> usize {
     server_children()
         .into_iter()
-        .filter_map(|pid| registry.kill_if_job_child(pid, worker, |pid| holds_pipe(pid, pipes)))
+        .filter_map(|pid| registry.kill_if_job_child(pid, worker, |pid| holds_stdio(pid, stdio_links)))
         .filter(|pending| *pending)
         .count()
 }

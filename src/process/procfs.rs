@@ -1,4 +1,4 @@
-//! What `/proc` says about a process: its stat line, its cgroup, the server's children, the pipes it holds.
+//! What `/proc` says about a process: its stat line, its cgroup, the server's children, the stdio it holds.
 //! Read-only helpers, safe to call on zombies (their `/proc` entry lives until they are reaped).
 
 /// The last component of a process's cgroup v2 path (readable for zombies too).
@@ -54,13 +54,13 @@ pub(crate) fn server_children() -> Vec<i32> {
         .collect()
 }
 
-/// Whether `pid`'s stdin, stdout or stderr is one of the pipes (by inode).
-pub(crate) fn holds_pipe(pid: i32, pipes: &[u64]) -> bool {
+/// Whether `pid`'s stdin, stdout or stderr is one of `links` (as `/proc/PID/fd/N` reads: `pipe:[INODE]`,
+/// `/dev/pts/N`). A pipe's inode is never reused while the pipe is open; a pty's number is not reused while
+/// its master is (the server holds a terminal job's master until the job's end is complete).
+pub(crate) fn holds_stdio(pid: i32, links: &[String]) -> bool {
     (0..3).any(|fd| {
-        std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok().and_then(|target| {
-            let inode = target.to_str()?.strip_prefix("pipe:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
-            Some(pipes.contains(&inode))
-        }) == Some(true)
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .is_ok_and(|target| target.to_str().is_some_and(|t| links.iter().any(|l| l == t)))
     })
 }
 

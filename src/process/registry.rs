@@ -237,14 +237,14 @@ impl Registry {
 
     /// Kills `pid` if, at this instant, it is an unreaped child of the server that is not a worker and belongs
     /// to the job of `worker`: in the worker's session or group, in a session already attributed to the job,
-    /// or `holds_pipe(pid)`. Decided and done under the lock from one reading of `/proc/PID/stat`: as only the
+    /// or `holds_stdio(pid)`. Decided and done under the lock from one reading of `/proc/PID/stat`: as only the
     /// reaper reaps, and it needs this lock, the pid cannot be reaped and reused in between. Returns `None` if
     /// it is not the job's, else whether it still has to be reaped (signalled now, or a zombie).
     pub(crate) fn kill_if_job_child(
         &self,
         pid: i32,
         worker: i32,
-        holds_pipe: impl FnOnce(i32) -> bool,
+        holds_stdio: impl FnOnce(i32) -> bool,
     ) -> Option<bool> {
         let mut inner = lock(&self.inner);
         if inner.workers.contains_key(&pid) {
@@ -256,7 +256,7 @@ impl Registry {
         }
         let job = Arc::clone(inner.sessions.get(&worker)?);
         let same_job = inner.sessions.get(&stat.session).is_some_and(|r| Arc::ptr_eq(r, &job));
-        if !(stat.session == worker || stat.pgrp == worker || same_job || holds_pipe(pid)) {
+        if !(stat.session == worker || stat.pgrp == worker || same_job || holds_stdio(pid)) {
             return None;
         }
         if stat.state == 'Z' {

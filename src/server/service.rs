@@ -93,10 +93,10 @@ impl pb::executor_server::Executor for ExecutorService {
         // Counted by the tracker from before admission: the drain closes the pool before it waits for the
         // tracker, so a call admitted at all is one the drain waits for.
         let tracked = self.tracker.token();
-        let admission = self.jobs.admit().map_err(admission_status)?;
+        let (admission, terminal) = self.jobs.admit(plan.terminal.is_some()).map_err(admission_status)?;
         let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
         let cancelled = CancellationToken::new();
-        let call = Call { plan, admission, requests, events, cancelled: cancelled.clone(), deadline, peer };
+        let call = Call { plan, admission, terminal, requests, events, cancelled: cancelled.clone(), deadline, peer };
         let jobs = Arc::clone(&self.jobs);
         tokio::spawn(async move {
             jobs.run(call).await;
@@ -187,6 +187,7 @@ fn request_kind(msg: &Msg) -> &'static str {
         Msg::Stdin(_) => "stdin",
         Msg::CloseStdin(_) => "close_stdin",
         Msg::Signal(_) => "signal",
+        Msg::Resize(_) => "resize",
     }
 }
 
@@ -200,7 +201,9 @@ fn plan_status(e: PlanError) -> Status {
 
 fn admission_status(e: AdmissionError) -> Status {
     match e {
-        AdmissionError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+        AdmissionError::QueueFull { .. } | AdmissionError::TooManyTerminals { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         AdmissionError::Closed => Status::unavailable(e.to_string()),
     }
 }
@@ -212,7 +215,7 @@ fn job_status(e: JobError) -> Status {
         JobError::MessageTooLarge(_) => Status::resource_exhausted(message),
         JobError::Spawn(SpawnError::Exec { .. }) => Status::failed_precondition(message),
         JobError::Spawn(SpawnError::InvalidCommand(_)) => Status::invalid_argument(message),
-        JobError::Spawn(SpawnError::Resources(_)) => Status::resource_exhausted(message),
+        JobError::Spawn(SpawnError::Resources(_)) | JobError::Stdio(_) => Status::resource_exhausted(message),
         // The OS refused a resource (fds, memory, processes): the same code whether a pipe or a cgroup
         // hit it. Anything else about the job's containment (a full disk, a missing tree) is the server's
         // trouble, not the request's.

@@ -216,6 +216,12 @@ async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
         call.wait_stdout("ready").await;
         let daemon = pids_in(&call.outcome.stdout_text());
         assert_eq!(daemon.len(), 1);
+        // `ready` can come before the daemon's `setsid`: wait until it has its own session.
+        let daemon_pid = daemon[0].pid;
+        assert!(
+            wait_until(Duration::from_secs(5), || proc_info(daemon_pid).is_some_and(|p| p.session == daemon_pid)),
+            "the daemon never left the job's session"
+        );
         let instance = std::fs::read_dir(&work_root)
             .expect("work root")
             .flatten()

@@ -37,14 +37,16 @@ fn start_job() -> impl Strategy<Value = pb::StartJob> {
         duration(),
         proptest::collection::vec(text(), 0..4),
         duration(),
+        proptest::option::of((any::<u32>(), any::<u32>(), any::<bool>(), text())),
     )
-        .prop_map(|(job, args, env, timeout, command, kill_grace)| pb::StartJob {
+        .prop_map(|(job, args, env, timeout, command, kill_grace, terminal)| pb::StartJob {
             job,
             args,
             env: env.into_iter().collect::<HashMap<_, _>>(),
             timeout,
             command,
             kill_grace,
+            terminal: terminal.map(|(rows, cols, no_echo, term)| pb::Terminal { rows, cols, no_echo, term }),
         })
 }
 
@@ -64,6 +66,10 @@ proptest! {
                 let max = config.jobs.iter().find(|j| j.name == job).and_then(|j| j.max_timeout).or(config.raw_max_timeout);
                 prop_assert!(plan.timeout.is_some_and(|t| max.is_none_or(|m| t <= m)));
                 prop_assert!(raw || !job.is_empty(), "a raw command was accepted with raw commands off");
+                if let Some(t) = plan.terminal {
+                    prop_assert!(t.rows > 0 && t.cols > 0);
+                    prop_assert!(plan.env.get("TERM").is_some_and(|t| !t.is_empty()));
+                }
             }
             Err(PlanError::InvalidArgument(m) | PlanError::NotFound(m) | PlanError::PermissionDenied(m)) => {
                 prop_assert!(!m.is_empty());

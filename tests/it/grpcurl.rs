@@ -58,6 +58,16 @@ fn the_readme_grpcurl_commands_work() {
     ])
     .expect("grpcurl");
     assert!(raw.contains("\"stdout\": \"cmF3Cg==\"") && raw.contains("\"code\": 3"), "{raw}");
+    let terminal = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"start":{"command":["sh","-c","stty size; echo $TERM"],"terminal":{"rows":40,"cols":120}}}"#,
+        &addr,
+        "forkpool.v1.Executor/Execute",
+    ])
+    .expect("grpcurl");
+    // "40 120\r\nxterm-256color\r\n": the requested size, the default TERM, the terminal's line endings.
+    assert!(terminal.contains("\"stdout\": \"NDAgMTIwDQp4dGVybS0yNTZjb2xvcg0K\""), "{terminal}");
     let health =
         grpcurl(&["-plaintext", "-d", r#"{"service":"forkpool.v1.Executor"}"#, &addr, "grpc.health.v1.Health/Check"])
             .expect("grpcurl");

@@ -26,6 +26,8 @@ pub(super) struct ChildPlan {
     pub(super) rlimit_count: usize,
     pub(super) ids: Option<(u32, u32)>,
     pub(super) stdio: [RawFd; 3],
+    /// A terminal job's pty slave, made the controlling terminal of the worker's new session; -1 otherwise.
+    pub(super) ctty: RawFd,
     pub(super) report: RawFd,
     pub(super) server_pid: libc::pid_t,
     /// The server's end of the guardian's socket, or -1: the worker announces its session on it before exec
@@ -38,8 +40,9 @@ pub(super) struct ChildPlan {
 }
 
 /// The setup steps in the child, in order; a failure reports its index.
-pub(super) const STEPS: [&str; 10] = [
+pub(super) const STEPS: [&str; 11] = [
     "setsid",
+    "set the controlling terminal",
     "set the parent-death signal",
     "check the parent",
     "join the job's cgroup",
@@ -166,7 +169,7 @@ fn clone3(_: &ChildPlan, _: &mut [u8], _: RawFd, _: *mut libc::c_int) -> Result<
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (rt_sigaction, setsid, getpid, send, prctl, getppid, open, write, close, setrlimit,
+/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, getppid, open, write, close, setrlimit,
 /// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
 /// _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
@@ -185,6 +188,11 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         if libc::setsid() < 0 {
             fail(plan.report, 0);
         }
+        //    A terminal job: its pty becomes the session's controlling terminal (and the session's group its
+        //    foreground group), so `/dev/tty`, Ctrl-C and SIGWINCH all reach the job, never the server.
+        if plan.ctty >= 0 && libc::ioctl(plan.ctty, libc::TIOCSCTTY, 0) < 0 {
+            fail(plan.report, 1);
+        }
         //    Announce the session to the guardian before anything of the job can run, so that a crash of the
         //    server from now on cannot leave the job's processes behind (fallback mode; best effort: the
         //    guardian logs what it could not track, and a full socket must not stop the job).
@@ -197,17 +205,17 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         }
         // 3. Die when the server (the spawner thread) dies; if it already has, we were reparented: exit.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
-            fail(plan.report, 1);
+            fail(plan.report, 2);
         }
         if libc::getppid() != plan.server_pid {
             *libc::__errno_location() = libc::ESRCH;
-            fail(plan.report, 2);
+            fail(plan.report, 3);
         }
         // 4. Join the job's cgroup(s) before anything else can be started, so nothing escapes them.
         for i in plan.cgroup_first..plan.cgroup_count {
             let fd = libc::open(*plan.cgroup_procs.add(i), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(plan.report, 3);
+                fail(plan.report, 4);
             }
             libc::close(fd);
         }
@@ -216,12 +224,12 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             let (resource, value) = *plan.rlimits.add(i);
             let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
             if libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) < 0 {
-                fail(plan.report, 4);
+                fail(plan.report, 5);
             }
         }
         // 6. Working directory.
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
-            fail(plan.report, 5);
+            fail(plan.report, 6);
         }
         // 7. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
         //    thread of the (shared-memory) parent.
@@ -231,14 +239,15 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
             {
-                fail(plan.report, 6);
+                fail(plan.report, 7);
             }
         }
-        // 8. stdin/stdout/stderr from the pipes. dup2 clears close-on-exec on the copy.
+        // 8. stdin/stdout/stderr from the pipes (or all three the pty slave). dup2 clears close-on-exec on the
+        //    copy.
         for (target, fd) in (0..).zip(plan.stdio) {
             let ok = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, target) >= 0 };
             if !ok {
-                fail(plan.report, 7);
+                fail(plan.report, 8);
             }
         }
         // 9. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
@@ -246,14 +255,14 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
         if marked < 0 && !close_fds_slowly(plan.report, plan.fd_limit) {
-            fail(plan.report, 8);
+            fail(plan.report, 9);
         }
         // 10. Unblock everything (dispositions are all default now) and exec.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(plan.program, plan.argv, plan.envp);
-        fail(plan.report, 9)
+        fail(plan.report, 10)
     }
 }
 

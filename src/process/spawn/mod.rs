@@ -41,8 +41,10 @@ use crate::process::registry::{Registration, Registry, SpawnTicket, WorkerEntry}
 
 mod child;
 mod fork;
+mod pty;
 
 pub(crate) use fork::fork_guardian;
+pub(crate) use pty::TerminalSpec;
 
 use child::{ChildPlan, STEPS, clone_child};
 
@@ -64,6 +66,7 @@ pub(crate) struct Command {
     cgroup_procs: Vec<CString>,
     rlimits: Vec<(libc::c_int, u64)>,
     ids: Option<(u32, u32)>,
+    terminal: Option<TerminalSpec>,
 }
 
 impl Command {
@@ -96,6 +99,7 @@ impl Command {
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
             ids: None,
+            terminal: None,
         })
     }
 
@@ -135,6 +139,12 @@ impl Command {
         self.ids = ids;
         self
     }
+
+    /// Runs the worker under a new pseudo-terminal (its stdio and controlling terminal) instead of pipes.
+    pub(crate) fn terminal(mut self, terminal: Option<TerminalSpec>) -> Self {
+        self.terminal = terminal;
+        self
+    }
 }
 
 fn path_cstring(path: &Path) -> Result<CString, SpawnError> {
@@ -153,19 +163,46 @@ fn resolve_program(program: &str, path: Option<&str>) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file() && access(candidate, AccessFlags::X_OK).is_ok())
 }
 
-/// A running worker and the server's ends of its stdio pipes.
+/// A running worker and the server's ends of its stdio.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     /// The worker's pid, which is also its session and process group id.
     pub(crate) pid: i32,
-    /// Write end of the worker's stdin.
-    pub(crate) stdin: OwnedFd,
-    /// Read end of the worker's stdout.
-    pub(crate) stdout: OwnedFd,
-    /// Read end of the worker's stderr.
-    pub(crate) stderr: OwnedFd,
+    /// The server's ends of the worker's stdio.
+    pub(crate) io: WorkerIo,
+    /// What the worker's stdin, stdout and stderr are, as `/proc/PID/fd/N` links read (`pipe:[INODE]`,
+    /// `/dev/pts/N`): how a process that left the job's group is still recognised as the job's.
+    pub(crate) stdio_links: Vec<String>,
     /// The job's entries in the registry, removed when this is dropped (after the job's end).
     pub(crate) registration: Registration,
+}
+
+/// The server's ends of a worker's stdio. Both close on exec: no job ever holds another's.
+#[derive(Debug)]
+pub(crate) enum WorkerIo {
+    /// Three pipes.
+    Pipes {
+        /// Write end of the worker's stdin.
+        stdin: OwnedFd,
+        /// Read end of the worker's stdout.
+        stdout: OwnedFd,
+        /// Read end of the worker's stderr.
+        stderr: OwnedFd,
+    },
+    /// A pseudo-terminal: the master, read for all output and written for input.
+    Terminal {
+        /// The pty master.
+        master: OwnedFd,
+    },
+}
+
+/// Makes one of a worker's stdio ends (a pipe end, a pty master) non-blocking and registers it with the
+/// runtime, for the job's pumps. Must be called within the runtime.
+pub(crate) fn watch(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    // SAFETY: `register` needs the fd to stay open, and the same file, for the whole life of the `AsyncFd`:
+    // an `OwnedFd` moved into it is closed only when the `AsyncFd` drops it, and nothing else owns it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
 /// Why a worker could not be started.
@@ -337,14 +374,32 @@ fn spawn_one(
     ticket: &Arc<SpawnTicket>,
 ) -> Result<Spawned, SpawnError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
-    let (stdin_r, stdin_w) = pipe()?;
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    for output in [&stdout_r, &stderr_r] {
-        // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
-        // when filled). Best effort: the system limit may be lower.
-        let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
-    }
+    // The server's ends, and the worker's: three pipes, or a pty whose slave is all three.
+    let (io, child_ends, child_stdio, ctty) = match command.terminal {
+        None => {
+            let (stdin_r, stdin_w) = pipe()?;
+            let (stdout_r, stdout_w) = pipe()?;
+            let (stderr_r, stderr_w) = pipe()?;
+            for output in [&stdout_r, &stderr_r] {
+                // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
+                // when filled). Best effort: the system limit may be lower.
+                let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
+            }
+            let io = WorkerIo::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
+            let stdio = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
+            (io, vec![stdin_r, stdout_w, stderr_w], stdio, -1)
+        }
+        Some(spec) => {
+            let pair = pty::open(spec).map_err(SpawnError::Resources)?;
+            let slave = pair.slave.as_raw_fd();
+            (WorkerIo::Terminal { master: pair.master }, vec![pair.slave], [slave; 3], slave)
+        }
+    };
+    let stdio_links = child_ends
+        .iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok())
+        .filter_map(|link| link.to_str().map(String::from))
+        .collect();
     let (report_r, report_w) = pipe()?;
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
@@ -365,7 +420,8 @@ fn spawn_one(
         rlimits: command.rlimits.as_ptr(),
         rlimit_count: command.rlimits.len(),
         ids: command.ids,
-        stdio: [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+        stdio: child_stdio,
+        ctty,
         report: report_w.as_raw_fd(),
         server_pid,
         guardian: guardian_fd,
@@ -395,7 +451,7 @@ fn spawn_one(
     let pid = registration.worker();
     drop(cgroup_dir);
     // Our copies of the child's ends must close, or EOF would never come.
-    drop((stdin_r, stdout_w, stderr_w, report_w));
+    drop((child_ends, report_w));
     let mut report = [0u8; 8];
     let read = loop {
         match nix::unistd::read(&report_r, &mut report) {
@@ -404,7 +460,7 @@ fn spawn_one(
         }
     };
     match read {
-        Ok(0) => Ok(Spawned { pid, stdin: stdin_w, stdout: stdout_r, stderr: stderr_r, registration }),
+        Ok(0) => Ok(Spawned { pid, io, stdio_links, registration }),
         other => {
             // The child has exited (the reaper collects it); it is not a job any more.
             drop(registration);
