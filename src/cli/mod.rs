@@ -124,16 +124,14 @@ pub struct RunOptions {
 /// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
 /// 128+N when a signal N killed it).
 pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
-    // Checked first: `-t` without a local terminal is a usage error, whatever the server says.
-    let raw_mode = if options.terminal { Some(terminal::RawMode::enter()?) } else { None };
-    let code = run_job(options, raw_mode.is_some()).await;
-    // The local terminal is itself again before anything more is printed.
-    drop(raw_mode);
-    code
-}
-
-async fn run_job(options: RunOptions, with_terminal: bool) -> anyhow::Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
+    let with_terminal = options.terminal;
+    // Checked first: `-t` without a local terminal is a usage error, whatever the server says.
+    if with_terminal {
+        terminal::require()?;
+    }
+    // Watched before the size is read, so no resize is missed.
+    let window_changes = with_terminal.then(|| signal(SignalKind::window_change())).transpose()?;
     let mut client = connect(&options.connection).await?;
     let (job, args, command) = match options.job {
         Some(job) => (job, options.args, Vec::new()),
@@ -154,8 +152,8 @@ async fn run_job(options: RunOptions, with_terminal: bool) -> anyhow::Result<i32
     };
     let (requests, outgoing) = mpsc::channel(4);
     requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
-    if with_terminal {
-        tokio::spawn(forward_window_size(requests.clone()));
+    if let Some(window_changes) = window_changes {
+        tokio::spawn(forward_window_size(requests.clone(), window_changes));
     }
     tokio::spawn(forward_stdin(requests));
     let mut responses = client.execute(ReceiverStream::new(outgoing)).await.map_err(call_failed)?.into_inner();
@@ -171,6 +169,10 @@ async fn run_job(options: RunOptions, with_terminal: bool) -> anyhow::Result<i32
     let watch = |kind: SignalKind| with_terminal.then(|| signal(kind).map(|s| (s, kind.as_raw_value()))).transpose();
     let (mut term, mut hup, mut quit) =
         (watch(SignalKind::terminate())?, watch(SignalKind::hangup())?, watch(SignalKind::quit())?);
+    // Raw only now that the call is accepted and every signal that ends this client is watched: from here on,
+    // every way out (the job's exit, an error, a signal) drops this, which restores the terminal before
+    // anything more is printed.
+    let _raw_mode = with_terminal.then(terminal::RawMode::enter).transpose()?;
     loop {
         let step = async {
             let event = match responses.message().await {
@@ -235,8 +237,7 @@ fn ended_by(signal: i32) -> i32 {
 }
 
 /// Sends the local terminal's size on every SIGWINCH, until the call ends.
-async fn forward_window_size(requests: mpsc::Sender<pb::ExecuteRequest>) {
-    let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+async fn forward_window_size(requests: mpsc::Sender<pb::ExecuteRequest>, mut winch: tokio::signal::unix::Signal) {
     while winch.recv().await.is_some() {
         if let Some((rows, cols)) = terminal::window_size() {
             let resize = pb::ExecuteRequest { msg: Some(Msg::Resize(pb::Resize { rows, cols })) };

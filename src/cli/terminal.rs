@@ -16,13 +16,19 @@ static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 #[derive(Debug)]
 pub(super) struct RawMode(());
 
+/// Fails with a clear message when stdin is not a terminal.
+pub(super) fn require() -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("-t needs a terminal, and stdin is not one (run without -t to pipe input to the job)");
+    }
+    Ok(())
+}
+
 impl RawMode {
-    /// Puts the terminal on stdin into raw mode. Fails with a clear message when stdin is not a terminal.
+    /// Puts the terminal on stdin into raw mode.
     pub(super) fn enter() -> anyhow::Result<RawMode> {
+        require()?;
         let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            bail!("-t needs a terminal, and stdin is not one (run without -t to pipe input to the job)");
-        }
         let saved = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
         let mut raw = saved.clone();
         raw.make_raw();
@@ -51,7 +57,8 @@ impl Drop for RawMode {
 fn restore() {
     let saved = SAVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     if let Some(saved) = saved {
-        let _ = tcsetattr(std::io::stdin(), OptionalActions::Drain, &saved);
+        // At once: draining could wait on a stalled terminal.
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &saved);
     }
 }
 

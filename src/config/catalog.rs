@@ -105,7 +105,7 @@ impl Config {
                 command: j.command.clone(),
                 accepts_args: j.accepts_args,
                 max_timeout: j.max_timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
-                terminal_allowed: j.terminal,
+                terminal_allowed: j.terminal && self.max_terminals > 0,
             })
             .collect()
     }

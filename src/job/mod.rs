@@ -220,8 +220,8 @@ impl Jobs {
     where
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
-        // The terminal permit (if any) is held, like the call, to the end of this function.
-        let Call { plan, admission, terminal: _permit, requests, events, cancelled, deadline, .. } = call;
+        // The terminal permit (if any) is held to the end of the call, and given back before its slot.
+        let Call { plan, admission, terminal: terminal_permit, requests, events, cancelled, deadline, .. } = call;
         let accepted = Instant::now();
         let slot = match admission {
             Admission::Slot(slot) => slot,
@@ -340,12 +340,15 @@ impl Jobs {
             None => (None, None),
         };
         let (stdin_tx, stdin_rx) = mpsc::channel(4);
-        let stdin = stdin_fd.map(|fd| tokio::spawn(stdio::feed_stdin(fd, stdin_rx, terminal.clone())));
+        let stdin_closed = CancellationToken::new();
+        let eof_key = terminal.clone().map(|t| (t, stdin_closed.clone()));
+        let stdin = stdin_fd.map(|fd| tokio::spawn(stdio::feed_stdin(fd, stdin_rx, eof_key)));
 
         let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
         // Should this task ever unwind before its worker is reaped, the worker must not outlive the call.
         let mut kill_on_unwind = KillOnDrop(Some(killer.clone()));
-        let supervisor = Supervisor::new(&killer, plan.kill_grace, requests, stdin_tx, terminal.as_ref(), early);
+        let supervisor =
+            Supervisor::new(&killer, plan.kill_grace, requests, (stdin_tx, stdin_closed), terminal.as_ref(), early);
         // A timeout too far away to represent is no timeout (checked: a client chooses it).
         let timeout_at = plan.timeout.and_then(|t| started_at.checked_add(t));
         let over_limit = budget.as_ref().map(|b| &b.exceeded);
@@ -368,10 +371,11 @@ impl Jobs {
         if let Some(at) = ending_at {
             Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
         }
+        // `None`: no such output (a terminal job has no stderr; a job whose stdio could not be watched, none).
         let pumped = |pump: Option<tokio::task::JoinHandle<(stdio::PumpEnd, u64)>>| async move {
             match pump {
-                Some(pump) => pump.await.unwrap_or((stdio::PumpEnd::Failed, 0)),
-                None => (stdio::PumpEnd::Failed, 0),
+                Some(pump) => pump.await.map_or((Some(stdio::PumpEnd::Failed), 0), |(end, n)| (Some(end), n)),
+                None => (None, 0),
             }
         };
         let (stdout_end, stdout_bytes) = pumped(stdout).await;
@@ -393,6 +397,7 @@ impl Jobs {
         // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
         let report = self.report(&events, exit, ending, end, wall_time, reaped);
         tokio::join!(report, self.containment.release(container));
+        drop(terminal_permit);
         drop(slot);
     }
 

@@ -69,6 +69,9 @@ pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 /// How long a pump waits for more data once the worker is gone.
 pub(crate) const SETTLE: Duration = Duration::from_millis(100);
 
+/// How often a pump looks at a terminal that has no slave open while the worker still runs.
+const HANGUP_RECHECK: Duration = Duration::from_millis(20);
+
 /// The output cap shared by a job's two pumps: total stdout + stderr bytes.
 #[derive(Debug)]
 pub(crate) struct OutputBudget {
@@ -149,7 +152,18 @@ pub(crate) async fn pump<T>(
             // Not ready after all: wait again.
             Err(_would_block) => {}
             Ok(Ok(0)) => return (PumpEnd::Eof, sent),
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return (PumpEnd::Eof, sent),
+            // A pty master with no slave open. Final once the worker is gone; before that, the job may open its
+            // terminal again (`/dev/tty` after closing 0, 1 and 2), and the master stays readable meanwhile:
+            // look again after a pause rather than spin.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                if worker_gone.is_cancelled() {
+                    return (PumpEnd::Eof, sent);
+                }
+                tokio::select! {
+                    () = worker_gone.cancelled() => {}
+                    () = tokio::time::sleep(HANGUP_RECHECK) => {}
+                }
+            }
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(_)) => return (PumpEnd::Failed, sent),
             Ok(Ok(n)) => {
@@ -181,10 +195,15 @@ pub(crate) async fn pump<T>(
     }
 }
 
-/// Writes the client's stdin chunks to the worker in order until the channel closes (close_stdin or
-/// half-close) or the job stops taking input. Then, for a pipe, the server's end is closed, which the job
-/// sees as EOF; for a terminal, the EOF character (Ctrl-D) is typed once and the terminal stays open.
-pub(crate) async fn feed_stdin(writer: Watched, mut chunks: mpsc::Receiver<Vec<u8>>, terminal: Option<Terminal>) {
+/// Writes the client's stdin chunks to the worker in order until the channel closes or the job stops taking
+/// input. Then, for a pipe, the server's end is closed, which the job sees as EOF; for a terminal (`eof_key`),
+/// the EOF key (Ctrl-D) is typed once if the client closed stdin (its token fired), and the terminal stays
+/// open.
+pub(crate) async fn feed_stdin(
+    writer: Watched,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    eof_key: Option<(Terminal, CancellationToken)>,
+) {
     while let Some(chunk) = chunks.recv().await {
         if write_all(&writer, &chunk).await.is_err() {
             // EPIPE (the job closed its stdin) or EIO (its terminal is gone). Later chunks are discarded by the
@@ -192,7 +211,10 @@ pub(crate) async fn feed_stdin(writer: Watched, mut chunks: mpsc::Receiver<Vec<u
             return;
         }
     }
-    if let Some(eof) = terminal.and_then(|t| t.eof_char()) {
+    if let Some((terminal, closed)) = eof_key
+        && closed.is_cancelled()
+        && let Some(eof) = terminal.eof_char()
+    {
         let _ = write_all(&writer, &[eof]).await;
     }
 }

@@ -88,6 +88,8 @@ pub(crate) struct Supervisor<'a, S> {
     kill_grace: Duration,
     requests: S,
     stdin: Option<mpsc::Sender<Vec<u8>>>,
+    /// Fired when the client closed stdin (see [`Supervisor::close_stdin`]).
+    stdin_closed: CancellationToken,
     pending_stdin: Option<Vec<u8>>,
     requests_open: bool,
     terminal: Option<&'a Terminal>,
@@ -98,14 +100,15 @@ impl<'a, S> Supervisor<'a, S>
 where
     S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
 {
-    /// Supervises the worker `killer` ends, relaying `requests` (stdin into `stdin`, resizes to `terminal`).
+    /// Supervises the worker `killer` ends, relaying `requests` (stdin into `stdin`, its close to
+    /// `stdin_closed`, resizes to `terminal`).
     /// `early` is how the call ended if it did while the worker was being created (or why the job cannot go
     /// on): then the worker is killed at once.
     pub(crate) fn new(
         killer: &'a GroupKiller,
         kill_grace: Duration,
         requests: S,
-        stdin: mpsc::Sender<Vec<u8>>,
+        (stdin, stdin_closed): (mpsc::Sender<Vec<u8>>, CancellationToken),
         terminal: Option<&'a Terminal>,
         early: Option<Ending>,
     ) -> Self {
@@ -114,6 +117,7 @@ where
             kill_grace,
             requests,
             stdin: Some(stdin),
+            stdin_closed,
             pending_stdin: None,
             requests_open: true,
             terminal,
@@ -193,13 +197,21 @@ where
         }
     }
 
+    /// The client closed the job's stdin (close_stdin or half-close): the feeder closes the pipe, or types a
+    /// terminal's EOF key, once. Only then: a job's end alone closes the channel but types nothing.
+    fn close_stdin(&mut self) {
+        if self.stdin.take().is_some() {
+            self.stdin_closed.cancel();
+        }
+    }
+
     /// Handles one request of a running job; returns an ending if the call must end.
     fn on_request(&mut self, request: Option<Result<pb::ExecuteRequest, tonic::Status>>) -> Option<Ending> {
         match request {
             // Half-close: the client has nothing more to send. Not a cancellation.
             None => {
                 self.requests_open = false;
-                self.stdin = None;
+                self.close_stdin();
                 None
             }
             Some(Err(status)) => match StreamError::of(&status) {
@@ -220,7 +232,7 @@ where
                     None
                 }
                 Some(Msg::CloseStdin(_)) => {
-                    self.stdin = None;
+                    self.close_stdin();
                     None
                 }
                 Some(Msg::Signal(s)) => match signal_from_proto(s.signal) {

@@ -215,7 +215,9 @@ fn job_status(e: JobError) -> Status {
         JobError::MessageTooLarge(_) => Status::resource_exhausted(message),
         JobError::Spawn(SpawnError::Exec { .. }) => Status::failed_precondition(message),
         JobError::Spawn(SpawnError::InvalidCommand(_)) => Status::invalid_argument(message),
-        JobError::Spawn(SpawnError::Resources(_)) | JobError::Stdio(_) => Status::resource_exhausted(message),
+        JobError::Spawn(SpawnError::Resources(_) | SpawnError::Terminal(_)) | JobError::Stdio(_) => {
+            Status::resource_exhausted(message)
+        }
         // The OS refused a resource (fds, memory, processes): the same code whether a pipe or a cgroup
         // hit it. Anything else about the job's containment (a full disk, a missing tree) is the server's
         // trouble, not the request's.

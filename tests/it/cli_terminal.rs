@@ -119,7 +119,8 @@ fn a_prompt_is_answered_and_the_window_size_follows_the_local_terminal() {
     local.wait_for("waiting");
     local.resize(40, 120);
     assert_eq!(wait_exit(&mut cli), 5, "{:?}", local.screen());
-    assert!(local.screen().contains("40 120\r\n"), "{:?}", local.screen());
+    // What the CLI wrote before it exited reaches this side's reader a moment later.
+    local.wait_for("40 120\r\n");
     assert_eq!(modes(&local.settings()), modes(&cooked), "the terminal was not restored");
     server.assert_no_children();
 }
@@ -129,13 +130,15 @@ fn ctrl_c_interrupts_the_jobs_program_not_the_cli_and_the_terminal_is_restored()
     let server = TestServer::start(&["--allow-raw-commands"]);
     let local = LocalTerminal::open(24, 80);
     let cooked = local.settings();
-    let script = "trap 'echo caught-int' INT; echo ready; sleep 1000; echo after-sleep; exit 3";
-    let mut cli = local.run(&["--server", &server.url, "--", "sh", "-c", script]);
-    local.wait_for("ready");
+    let tag = unique_tag(13);
+    let script = format!("trap 'echo caught-int' INT; sleep {tag}; echo after-sleep; exit 3");
+    let mut cli = local.run(&["--server", &server.url, "--", "sh", "-c", &script]);
+    // Ctrl-C once `sleep` runs in the foreground (before, it would only reach the shell).
+    assert!(wait_until(Duration::from_secs(10), || tagged(&tag).len() == 1), "sleep never started");
     local.type_keys(b"\x03");
     // The CLI did not die of it (that would be 130): the job's sleep did, and the job went on to exit 3.
     assert_eq!(wait_exit(&mut cli), 3, "{:?}", local.screen());
-    assert!(local.screen().contains("caught-int\r\nafter-sleep\r\n"), "{:?}", local.screen());
+    local.wait_for("caught-int\r\nafter-sleep\r\n");
     assert_eq!(modes(&local.settings()), modes(&cooked), "the terminal was not restored");
     server.assert_no_children();
 }
@@ -158,13 +161,17 @@ fn a_signal_to_the_cli_cancels_the_job_and_restores_the_terminal() {
 }
 
 #[test]
-fn a_server_error_restores_the_terminal_too() {
-    let server = TestServer::start(&[]);
+fn a_server_that_dies_mid_call_leaves_the_terminal_restored() {
+    let mut server = TestServer::start(&["--allow-raw-commands"]);
     let local = LocalTerminal::open(24, 80);
     let cooked = local.settings();
-    let mut cli = local.run(&["--server", &server.url, "--job", "no-such-job"]);
+    let mut cli = local.run(&["--server", &server.url, "--", "sh", "-c", "echo ready; sleep 1000"]);
+    local.wait_for("ready");
+    assert!(wait_until(Duration::from_secs(5), || !local.settings().local_modes.contains(LocalModes::ICANON)));
+    server.signal(nix::sys::signal::Signal::SIGKILL);
+    server.wait_exit(Duration::from_secs(5)).expect("the server died");
+    // The call failed under the CLI: 125, and the terminal is itself again.
     assert_eq!(wait_exit(&mut cli), 125, "{:?}", local.screen());
-    local.wait_for("no job named `no-such-job`");
     assert_eq!(modes(&local.settings()), modes(&cooked), "the terminal was left raw");
 }
 

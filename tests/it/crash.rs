@@ -70,7 +70,7 @@ async fn sigkill_and_sigabrt_of_the_server_kill_every_process_of_every_job() {
     for mode in [Mode::Cgroup, Mode::Fallback] {
         for (n, signal) in [Signal::SIGKILL, Signal::SIGABRT].into_iter().enumerate() {
             let Some(mut server) = start(mode, &format!("signal{n}"), "", &[]).await else { continue };
-            let tag = unique_tag(n as u32 + if mode == Mode::Cgroup { 0 } else { 10 });
+            let tag = unique_tag(n as u32 + if mode == Mode::Cgroup { 80 } else { 90 });
             // A bystander the guardian must not touch: the same command line, not a job's.
             let mut bystander = std::process::Command::new("sleep").arg(&tag).spawn().expect("bystander");
             let mut client = server.client().await;

@@ -171,10 +171,12 @@ async fn ctrl_c_interrupts_the_foreground_program_and_the_shell_survives() {
 async fn close_stdin_types_eof_once_and_the_terminal_stays() {
     let server = TestServer::start(&["--allow-raw-commands"]);
     let mut client = server.client().await;
-    // `cat` ends at the EOF key; the terminal is not hung up, so the shell goes on writing to it.
-    let script = "cat; echo cat-done; [ -t 1 ] && echo still-a-tty";
+    // The first `cat` ends at the EOF key; the terminal is not hung up, so the shell goes on writing to it; a
+    // second EOF would end the second `cat` too (nothing more is typed: the job times out there).
+    let script = "cat; echo cat-done; [ -t 1 ] && echo still-a-tty; cat; echo second-eof";
     for half_close in [false, true] {
-        let mut call = OpenCall::open(&mut client, tty_sh(script)).await.expect("open");
+        let start = pb::StartJob { timeout: duration(Duration::from_secs(1)), ..tty_sh(script) };
+        let mut call = OpenCall::open(&mut client, start).await.expect("open");
         call.started().await;
         call.send(stdin_msg(b"hello\n")).await;
         if half_close {
@@ -183,11 +185,13 @@ async fn close_stdin_types_eof_once_and_the_terminal_stays() {
             call.send(close_stdin_msg()).await;
         }
         let out = call.finish().await;
-        assert_eq!(out.code(), Some(0), "{out:?}");
-        assert_eq!(out.reason(), Some(pb::ExitReason::Exited));
+        assert_eq!(out.reason(), Some(pb::ExitReason::TimedOut), "half_close = {half_close}: {out:?}");
         // Echoed, then copied by cat, then the shell carries on.
         assert_eq!(out.stdout_text(), "hello\r\nhello\r\ncat-done\r\nstill-a-tty\r\n", "half_close = {half_close}");
     }
+    // A job that ends on its own gets no EOF key typed after it: its terminal is left as it was.
+    let out = run(&mut client, pb::StartJob { timeout: duration(Duration::from_secs(5)), ..tty_sh("echo done") }).await;
+    assert_eq!(out.stdout_text(), "done\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -326,7 +330,9 @@ async fn bad_terminal_requests_get_precise_statuses() {
         assert_eq!(out.error_code(), Some(tonic::Code::InvalidArgument), "{out:?}");
         assert_all_gone(&[worker], Duration::from_secs(5));
     }
-    // One terminal job at most (max_terminals = 1): a second is refused at once, a pipe job is not.
+    // One terminal job at most (max_terminals = 1): a second is refused at once, a pipe job is not. (The
+    // last call's terminal is given back with its slot.)
+    settled_status(&mut client).await;
     let mut first = OpenCall::open(&mut client, tty_sh("echo ready; sleep 1000")).await.expect("open");
     first.wait_stdout("ready").await;
     let second = run(&mut client, tty_sh("true")).await;
@@ -383,6 +389,7 @@ async fn running_out_of_ptys_is_resource_exhausted_and_the_server_recovers() {
     }
     let refused = run(&mut client, tty_sh("true")).await;
     assert_eq!(refused.error_code(), Some(tonic::Code::ResourceExhausted), "{refused:?}");
+    assert!(refused.status.as_ref().is_some_and(|s| s.message().contains("pseudo-terminal")), "{refused:?}");
     assert_serving(&mut client).await;
     held.pop();
     let again = run_until_it_runs(&mut client, tty_sh("echo again")).await;

@@ -221,6 +221,11 @@ pub(crate) enum SpawnError {
     /// The OS refused a process or pipe (process or fd limits).
     #[error("cannot create a worker process: {0}")]
     Resources(Errno),
+    /// No pseudo-terminal could be opened for a terminal job (ptys or fds exhausted).
+    #[error(
+        "cannot open a pseudo-terminal for the job: {0} (the system's ptys may be exhausted: /proc/sys/kernel/pty/max)"
+    )]
+    Terminal(Errno),
     /// The argv or environment cannot be passed to exec.
     #[error("invalid command: {0}")]
     InvalidCommand(String),
@@ -390,7 +395,7 @@ fn spawn_one(
             (io, vec![stdin_r, stdout_w, stderr_w], stdio, -1)
         }
         Some(spec) => {
-            let pair = pty::open(spec).map_err(SpawnError::Resources)?;
+            let pair = pty::open(spec, command.ids.map(|(uid, _)| uid)).map_err(SpawnError::Terminal)?;
             let slave = pair.slave.as_raw_fd();
             (WorkerIo::Terminal { master: pair.master }, vec![pair.slave], [slave; 3], slave)
         }

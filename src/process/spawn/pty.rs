@@ -26,8 +26,10 @@ pub(super) struct Pair {
     pub(super) slave: OwnedFd,
 }
 
-/// Opens and sets up a pair. Out of ptys (`/proc/sys/kernel/pty/max`) is `ENOSPC`, out of fds `EMFILE`.
-pub(super) fn open(spec: TerminalSpec) -> Result<Pair, Errno> {
+/// Opens and sets up a pair whose slave belongs to `owner` (the job's uid, when it runs as another user: as
+/// `login` and `sshd` do, so the job can reopen its terminal by name). Out of ptys
+/// (`/proc/sys/kernel/pty/max`) is `ENOSPC`, out of fds `EMFILE`.
+pub(super) fn open(spec: TerminalSpec, owner: Option<u32>) -> Result<Pair, Errno> {
     let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
     let master = openpt(flags).map_err(errno)?;
     grantpt(&master).map_err(errno)?;
@@ -43,6 +45,9 @@ pub(super) fn open(spec: TerminalSpec) -> Result<Pair, Errno> {
         }
         Err(e) => return Err(errno(e)),
     };
+    if let Some(uid) = owner {
+        rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None).map_err(errno)?;
+    }
     let mut termios = tcgetattr(&slave).map_err(errno)?;
     // Jobs run with LANG=C.UTF-8: let erase remove a whole multi-byte character.
     termios.input_modes |= InputModes::IUTF8;

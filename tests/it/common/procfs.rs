@@ -87,7 +87,8 @@ pub fn tagged(tag: &str) -> Vec<ProcInfo> {
         .collect()
 }
 
-/// A tag for [`tagged`], unique to this test process and `salt`.
+/// A tag for [`tagged`], unique to this test process and `salt` (0 to 99). Tests run in parallel: each test
+/// takes salts no other test uses (edges 1-3, terminal 11, cli_terminal 12-13, crash 20-91).
 pub fn unique_tag(salt: u32) -> String {
     format!("{}", 7_000_000 + (std::process::id() % 10_000) * 100 + salt)
 }
