@@ -13,6 +13,8 @@
 
 use clap::Parser;
 
+mod files;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -123,6 +125,7 @@ struct Sizes {
     throughput_jobs: usize,
     cancel_runs: usize,
     stdout_bytes: u64,
+    file_bytes: u64,
     open_calls: [usize; 2],
     ballast: u64,
 }
@@ -136,6 +139,7 @@ impl Sizes {
                 throughput_jobs: 64,
                 cancel_runs: 5,
                 stdout_bytes: 16 << 20,
+                file_bytes: 16 << 20,
                 open_calls: [100, 300],
                 ballast: 256 << 20,
             }
@@ -146,6 +150,7 @@ impl Sizes {
                 throughput_jobs: 1000,
                 cancel_runs: 40,
                 stdout_bytes: 1 << 30,
+                file_bytes: 1 << 30,
                 open_calls: [1_000, 10_000],
                 ballast: 2 << 30,
             }
@@ -587,6 +592,29 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
     });
     eprintln!("  stdout done");
     drop(server);
+
+    let config = files::config(sizes.file_bytes)?;
+    let config_arg = config.display().to_string();
+    let server = BenchServer::start(&["--workers", "4", "--config", &config_arg], &options.server_args)?;
+    let (mut input, mut output, mut floor) = (vec![], vec![], vec![]);
+    for _ in 0..reps {
+        input.push(files::input_rate(&server, sizes.file_bytes).await?);
+        output.push(files::output_rate(&server, sizes.file_bytes).await?);
+        floor.push(tokio::task::block_in_place(|| files::floor_cat(sizes.file_bytes))?);
+    }
+    let (input, output, floor) = (median_f64(input), median_f64(output), median_f64(floor));
+    for (what, ours) in [("input", input), ("output", output)] {
+        rows.push(Row {
+            figure: format!("{what} file, {} MiB", sizes.file_bytes >> 20),
+            forkpool: format!("{ours:.0} MB/s"),
+            floor: format!("{floor:.0} MB/s (`cat FILE > /dev/null`)"),
+            ratio: format!("{:.0} %", ours / floor * 100.0),
+            target: "≥ 50 % of floor".into(),
+        });
+    }
+    eprintln!("  files done");
+    drop(server);
+    let _ = std::fs::remove_file(&config);
 
     let server = BenchServer::start(&["--workers", "64", "--queue", "20000"], &options.server_args)?;
     let mut warm = server.client().await?;

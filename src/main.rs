@@ -154,6 +154,12 @@ struct RunArgs {
     /// Environment entry for the job (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Send a local file into the job's working directory (repeatable; REMOTE defaults to the file's name).
+    #[arg(long = "input", value_name = "LOCAL[:REMOTE]", value_parser = cli::parse_input)]
+    inputs: Vec<cli::InputArg>,
+    /// Fetch the job's output files matching a path or glob into LOCAL_DIR (repeatable; default `.`).
+    #[arg(long = "output", value_name = "REMOTE_OR_GLOB[:LOCAL_DIR]", value_parser = cli::parse_output)]
+    outputs: Vec<cli::OutputArg>,
     /// Run the job under a terminal: the local terminal goes into raw mode (keys, Ctrl-C included, go to the
     /// job), its size follows the local window. Needs a terminal on stdin.
     #[arg(short = 't', long = "tty")]
@@ -201,6 +207,8 @@ fn main() -> ExitCode {
                     env: args.env,
                     args: args.args,
                     terminal: args.tty,
+                    inputs: args.inputs,
+                    outputs: args.outputs,
                 };
                 cli::run(options).await
             }

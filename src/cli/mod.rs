@@ -1,6 +1,9 @@
 //! The command-line client: `forkpool run` (with `-t`, under a terminal), `forkpool jobs`, `forkpool status`.
 
+mod files;
 mod terminal;
+
+pub use files::{InputArg, OutputArg, parse_input, parse_output};
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -119,6 +122,10 @@ pub struct RunOptions {
     pub args: Vec<String>,
     /// Run the job under a terminal, with the local terminal in raw mode (`-t`).
     pub terminal: bool,
+    /// Local files to send into the job's directory (`--input`).
+    pub inputs: Vec<InputArg>,
+    /// Output files to fetch (`--output`).
+    pub outputs: Vec<OutputArg>,
 }
 
 /// Runs one job, relaying stdin, stdout and stderr; returns the exit code to exit with (the job's, or
@@ -149,13 +156,27 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
             let (rows, cols) = terminal::window_size().unwrap_or((0, 0));
             pb::Terminal { rows, cols, no_echo: false, term: std::env::var("TERM").unwrap_or_default() }
         }),
+        inputs: files::declare(&options.inputs)?,
+        outputs: options.outputs.iter().map(|o| o.pattern.clone()).collect(),
     };
+    let mut downloads = files::Downloads::new(&options.outputs)?;
+    let declared = start.inputs.clone();
     let (requests, outgoing) = mpsc::channel(4);
     requests.send(pb::ExecuteRequest { msg: Some(Msg::Start(start)) }).await?;
-    if let Some(window_changes) = window_changes {
-        tokio::spawn(forward_window_size(requests.clone(), window_changes));
-    }
-    tokio::spawn(forward_stdin(requests));
+    // The input files go first; stdin, resizes and close_stdin may only follow them. An upload that fails
+    // here half-closes the request stream, which ends the call; the local error is then the one reported.
+    let upload_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let failed = std::sync::Arc::clone(&upload_error);
+    tokio::spawn(async move {
+        if let Err(e) = files::upload(&options.inputs, &declared, &requests).await {
+            *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            return;
+        }
+        if let Some(window_changes) = window_changes {
+            tokio::spawn(forward_window_size(requests.clone(), window_changes));
+        }
+        forward_stdin(requests).await;
+    });
     let mut responses = client.execute(ReceiverStream::new(outgoing)).await.map_err(call_failed)?.into_inner();
 
     let show_queue = std::io::stderr().is_terminal();
@@ -179,7 +200,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                 Ok(Some(pb::ExecuteResponse { event: Some(event) })) => event,
                 Ok(Some(_)) => return Ok(None),
                 Ok(None) => bail!("the server ended the call without an exit status"),
-                Err(status) => return Err(call_failed(status)),
+                Err(status) => {
+                    let local = upload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                    return Err(local.unwrap_or_else(|| call_failed(status)));
+                }
             };
             match event {
                 Event::Queued(q) if show_queue => eprint!("\rforkpool: queued, position {}   ", q.position),
@@ -194,7 +218,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                     stderr.write_all(&bytes).await?;
                     stderr.flush().await?;
                 }
+                Event::Output(chunk) => downloads.chunk(chunk)?,
                 Event::Exited(exited) => {
+                    downloads.summary(&exited.outputs);
                     return Ok(Some(match exited.status {
                         Some(pb::exited::Status::Code(code)) => code,
                         Some(pb::exited::Status::Signal(signal)) => 128 + signal,

@@ -46,6 +46,10 @@ pub struct CatalogJob {
     /// Run with this group (name or gid) [default: the user's primary group].
     #[serde(default)]
     pub group: Option<String>,
+    /// Whether a request may send input files and ask for output files (`StartJob.inputs`, `outputs`). Not
+    /// with a fixed `cwd` (files go to the job's private directory).
+    #[serde(default)]
+    pub files: bool,
     /// Whether a request may run this job under a terminal (`StartJob.terminal`).
     #[serde(default = "yes")]
     pub terminal: bool,
@@ -80,17 +84,23 @@ pub(super) fn builtin_catalog() -> Vec<CatalogJob> {
         cwd: None,
         user: None,
         group: None,
+        files: false,
         terminal: true,
         ids: None,
     };
     let mut prompt =
         job("prompt", "Asks for a name and a password; needs a terminal (`forkpool run -t`).", "sh", false, 600);
     prompt.command.extend(["-c".into(), PROMPT_SCRIPT.into()]);
+    let mut sort =
+        job("sort", "Sorts the lines of input file `input.txt` into output file `sorted.txt`.", "sort", false, 600);
+    sort.command.extend(["-o".into(), "sorted.txt".into(), "--".into(), "input.txt".into()]);
+    sort.files = true;
     vec![
         job("echo", "Prints its arguments.", "echo", true, 10),
         job("sleep", "Sleeps for the given number of seconds.", "sleep", true, 3600),
         job("cat", "Copies stdin to stdout.", "cat", false, 3600),
         prompt,
+        sort,
     ]
 }
 
@@ -105,6 +115,7 @@ impl Config {
                 command: j.command.clone(),
                 accepts_args: j.accepts_args,
                 max_timeout: j.max_timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                accepts_files: j.files,
                 terminal_allowed: j.terminal && self.max_terminals > 0,
             })
             .collect()

@@ -4,7 +4,8 @@
 //! (v2) or `memory.limit_in_bytes` (v1 on hybrid hosts) in cgroup mode and `RLIMIT_AS` otherwise; processes
 //! are `pids.max` in cgroup mode and `RLIMIT_NPROC` otherwise (which the kernel ignores for root: give such
 //! jobs a `user`); CPU time, open files and file size are always rlimits; the CPU share is `cpu.max` (or
-//! v1 CFS quota) where a cpu controller is available; the output cap is enforced by the server.
+//! v1 CFS quota) where a cpu controller is available; the output cap and the file caps (`input_bytes`,
+//! `output_file_bytes`, `output_files_bytes`, `file_count`) are enforced by the server.
 
 use std::time::Duration;
 
@@ -32,6 +33,18 @@ pub struct Limits {
     /// Total stdout + stderr bytes; a job over it is killed with `EXIT_REASON_OUTPUT_LIMIT`.
     #[serde(deserialize_with = "super::units::optional_size")]
     pub output: Option<u64>,
+    /// All input files of a job, bytes [default: 256 MiB]; over it, `RESOURCE_EXHAUSTED` before anything is
+    /// written.
+    #[serde(deserialize_with = "super::units::optional_size")]
+    pub input_bytes: Option<u64>,
+    /// One output file, bytes [default: 256 MiB]; a larger one is not sent (`OUTPUT_STATE_TOO_LARGE`).
+    #[serde(deserialize_with = "super::units::optional_size")]
+    pub output_file_bytes: Option<u64>,
+    /// All output files of a job, bytes [default: 256 MiB].
+    #[serde(deserialize_with = "super::units::optional_size")]
+    pub output_files_bytes: Option<u64>,
+    /// Input files plus sent output files [default: 1000].
+    pub file_count: Option<u64>,
 }
 
 impl Limits {
@@ -50,6 +63,10 @@ impl Limits {
             file_size: self.file_size.or(defaults.file_size),
             cpu: self.cpu.or(defaults.cpu),
             output: self.output.or(defaults.output),
+            input_bytes: self.input_bytes.or(defaults.input_bytes),
+            output_file_bytes: self.output_file_bytes.or(defaults.output_file_bytes),
+            output_files_bytes: self.output_files_bytes.or(defaults.output_files_bytes),
+            file_count: self.file_count.or(defaults.file_count),
         }
     }
 

@@ -5,6 +5,7 @@
 //! a [`PlanError`] whose kind maps one-to-one onto a gRPC code.
 
 mod catalog;
+pub mod files;
 pub mod limits;
 mod plan;
 pub mod units;
@@ -228,6 +229,12 @@ impl Config {
             for (key, value) in &job.env {
                 check_env_entry(key, value).or_else(|m| invalid(format!("job `{}`: {m}", job.name)))?;
             }
+            if job.files && job.cwd.is_some() {
+                return invalid(format!(
+                    "job `{}` sets both `files` and `cwd`: files go to a private working directory",
+                    job.name
+                ));
+            }
             for key in &job.allowed_env {
                 check_env_entry(key, "").or_else(|m| invalid(format!("job `{}`: allowed_env: {m}", job.name)))?;
             }
@@ -347,6 +354,8 @@ mod tests {
         assert!(Config::parse("[[job]]\nname='a'\ncommand=[]").is_err());
         assert!(Config::parse("[[job]]\nname='a'\ncommand=['x']\n[[job]]\nname='a'\ncommand=['y']").is_err());
         assert!(Config::parse("bogus = 1").is_err());
+        let both = "[[job]]\nname='a'\ncommand=['x']\nfiles=true\ncwd='/srv'";
+        assert!(matches!(Config::parse(both), Err(ConfigError::Invalid(m)) if m.contains("files")));
         assert!(Config::parse("default_kill_grace = 'soon'").is_err());
     }
 }

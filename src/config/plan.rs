@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::files::{FilesPlan, plan_files};
 use super::limits::Limits;
 use super::{BASE_PATH, Config};
 use crate::pb;
@@ -27,7 +28,7 @@ impl Config {
             check_env_entry(k, v).map_err(InvalidArgument)?;
         }
         let mut env = base_env();
-        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed) =
+        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed, files_allowed) =
             match (start.job.is_empty(), start.command.is_empty()) {
                 (true, true) => {
                     return Err(InvalidArgument(
@@ -48,7 +49,7 @@ impl Config {
                     }
                     env.extend(start.env);
                     let name = format!("raw:{}", start.command[0]);
-                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true)
+                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true, true)
                 }
                 (false, true) => {
                     let job = self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
@@ -67,7 +68,8 @@ impl Config {
                     env.extend(start.env);
                     let limits = job.limits.or(self.limits);
                     let command = job.command.clone();
-                    (job.name.clone(), command, job.max_timeout, limits, job.cwd.clone(), job.ids, job.terminal)
+                    let cwd = job.cwd.clone();
+                    (job.name.clone(), command, job.max_timeout, limits, cwd, job.ids, job.terminal, job.files)
                 }
             };
         argv.extend(start.args);
@@ -96,7 +98,12 @@ impl Config {
                 Some(TerminalPlan { rows, cols, echo: !terminal.no_echo })
             }
         };
-        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal })
+        let wants_files = !start.inputs.is_empty() || !start.outputs.is_empty();
+        if wants_files && !files_allowed {
+            return Err(PermissionDenied(format!("job `{name}` does not take files (files = false)")));
+        }
+        let files = plan_files(start.inputs, start.outputs, &limits)?;
+        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal, files })
     }
 }
 
@@ -121,6 +128,8 @@ pub struct JobPlan {
     pub ids: Option<(u32, u32)>,
     /// Run under a pseudo-terminal like this (its `TERM` is in `env` already).
     pub terminal: Option<TerminalPlan>,
+    /// Input and output files, if the request has any.
+    pub files: Option<FilesPlan>,
 }
 
 /// A terminal job's pseudo-terminal, as it is at exec.
@@ -162,6 +171,9 @@ pub enum PlanError {
     /// Not allowed by policy (`PERMISSION_DENIED`).
     #[error("{0}")]
     PermissionDenied(String),
+    /// Over a cap of the job (`RESOURCE_EXHAUSTED`), e.g. its input files' total size.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 fn base_env() -> BTreeMap<String, String> {

@@ -14,6 +14,7 @@
 
 pub(crate) mod cgroup;
 pub mod guardian;
+pub(crate) mod jobdir;
 mod leftovers;
 pub(crate) mod workdir;
 
@@ -59,6 +60,13 @@ impl JobContainer {
     /// The cgroup name, for the reaper's attribution.
     pub(crate) fn cgroup_name(&self) -> Option<String> {
         self.cgroup.as_ref().map(|c| c.name().to_string())
+    }
+
+    /// The job's private directory, for its input and output files; new files belong to `owner`. A job with a
+    /// fixed `cwd` has none (the config refuses files for such a job).
+    pub(crate) fn files_dir(&self, owner: Option<(u32, u32)>) -> io::Result<jobdir::JobDir> {
+        let dir = self.private_dir.as_ref().ok_or_else(|| io::Error::other("the job has no private directory"))?;
+        jobdir::JobDir::open(dir, owner)
     }
 }
 

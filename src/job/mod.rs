@@ -20,6 +20,7 @@
 //! Whatever the way, `exited` (or the error) is sent only after the worker is reaped, the rest of its group
 //! is killed and reaped, and its output is drained.
 
+mod files;
 pub(crate) mod metrics;
 pub(crate) mod pool;
 mod report;
@@ -83,6 +84,15 @@ pub(crate) enum JobError {
     /// The job's stdio could not be watched (the runtime's epoll refused it); the job was killed.
     #[error("cannot relay the job's stdio: {0} (the job was killed)")]
     Stdio(String),
+    /// Input or output files could not be written or read; the OS error keeps its kind.
+    #[error("cannot write or read the job's files: {0}")]
+    Files(std::io::Error),
+    /// The call was refused admission after its upload (the queue was full, the server draining).
+    #[error(transparent)]
+    Admission(AdmissionError),
+    /// The client went away while something was sent to it (nobody is left to tell).
+    #[error("the client went away")]
+    ClientGone,
     /// The worker's status was lost (a bug).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -188,21 +198,25 @@ impl Jobs {
         &self.containment
     }
 
-    /// Admits a call to the pool (a terminal job also to one of the server's terminals), counting refusals.
-    pub(crate) fn admit(&self, terminal: bool) -> Result<(Admission, Option<TerminalPermit>), AdmissionError> {
+    /// Admits a call to the pool (a terminal job also to one of the server's terminals; a call with input files
+    /// first to the uploads, see [`Pool::admit_staging`]), counting refusals.
+    pub(crate) fn admit(
+        &self,
+        terminal: bool,
+        uploads: bool,
+    ) -> Result<(Admission, Option<TerminalPermit>), AdmissionError> {
         let permit = match terminal {
             false => Ok(None),
             true => {
                 self.terminals.acquire().map(Some).ok_or(AdmissionError::TooManyTerminals { max: self.terminals.max() })
             }
         };
-        permit.and_then(|permit| Ok((self.pool.admit()?, permit))).inspect_err(|e| {
-            self.metrics.rejected(match e {
-                AdmissionError::QueueFull { .. } => "queue_full",
-                AdmissionError::Closed => "draining",
-                AdmissionError::TooManyTerminals { .. } => "terminals",
+        permit
+            .and_then(|permit| {
+                let admission = if uploads { self.pool.admit_staging()? } else { self.pool.admit()? };
+                Ok((admission, permit))
             })
-        })
+            .inspect_err(|e| self.metrics.rejected(rejection_label(e)))
     }
 
     /// Runs one call to its end. Spawned as its own task by the service.
@@ -221,17 +235,50 @@ impl Jobs {
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
         // The terminal permit (if any) is held to the end of the call, and given back before its slot.
-        let Call { plan, admission, terminal: terminal_permit, requests, events, cancelled, deadline, .. } = call;
+        let Call { plan, mut admission, terminal: terminal_permit, mut requests, events, cancelled, deadline, .. } =
+            call;
         let accepted = Instant::now();
+        // A call with input files uploads them first (staged: no slot, no queue place), then queues.
+        let mut staged = None;
+        if let Admission::Staging(staging) = admission {
+            let container = match self.containment.prepare(&job_id, &plan) {
+                Ok(container) => container,
+                Err(e) => {
+                    warn!(error = %e, "cannot prepare the job's containment");
+                    return self.send(&events, Err(JobError::Containment(e))).await;
+                }
+            };
+            let watch = files::UploadWatch { cancelled: &cancelled, shutdown: &self.shutdown, deadline };
+            if let Err(end) = self.upload(&container, &plan, &mut requests, watch).await {
+                self.containment.release(container).await;
+                return match end {
+                    files::UploadEnd::Ended(ending) => self.report_unstarted(&events, ending).await,
+                    files::UploadEnd::Failed(e) => self.send(&events, Err(JobError::Files(e))).await,
+                };
+            }
+            admission = match staging.admit() {
+                Ok(admission) => admission,
+                Err(e) => {
+                    self.containment.release(container).await;
+                    self.metrics.rejected(rejection_label(&e));
+                    return self.send(&events, Err(JobError::Admission(e))).await;
+                }
+            };
+            staged = Some(container);
+        }
         let slot = match admission {
-            Admission::Slot(slot) => slot,
-            Admission::Queued(ticket) => match self.wait_in_queue(ticket, &events, &cancelled, deadline).await {
-                Some(slot) => slot,
-                None => return,
-            },
+            Admission::Slot(slot) => Some(slot),
+            Admission::Queued(ticket) => self.wait_in_queue(ticket, &events, &cancelled, deadline).await,
+            Admission::Staging(_) => None,
+        };
+        let Some(slot) = slot else {
+            if let Some(container) = staged {
+                self.containment.release(container).await;
+            }
+            return;
         };
         let slotted = Instant::now();
-        let container = match self.containment.prepare(&job_id, &plan) {
+        let container = match staged.map_or_else(|| self.containment.prepare(&job_id, &plan), Ok) {
             Ok(container) => container,
             Err(e) => {
                 warn!(error = %e, "cannot prepare the job's containment");
@@ -393,12 +440,72 @@ impl Jobs {
             stderr_bytes,
             "ended and drained"
         );
-        // Everything of the job is dead, reaped and drained: report now, and remove its cgroup and directory
-        // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
-        let report = self.report(&events, exit, ending, end, wall_time, reaped);
+        // Everything of the job is dead, reaped and drained: its output files can be sent (to a client still
+        // there: not after a cancel, a deadline, an invalid request or a shutdown).
+        let outputs = match (&plan.files, &ending) {
+            (Some(files), None | Some(Ending::TimedOut | Ending::OutputLimit)) if !files.outputs.is_empty() => {
+                match self.send_outputs(&container, files, &events).await {
+                    Ok(outputs) => outputs,
+                    Err(e) => {
+                        if !matches!(e, JobError::ClientGone) {
+                            warn!(error = %e, "cannot send the job's output files");
+                            self.send(&events, Err(e)).await;
+                        }
+                        self.containment.release(container).await;
+                        drop(terminal_permit);
+                        drop(slot);
+                        return;
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        // Report now, and remove its cgroup and directory meanwhile (an rmdir may wait for the disk). The slot is
+        // freed only once that is done.
+        let report = self.report(&events, exit, ending, end, wall_time, reaped, outputs);
         tokio::join!(report, self.containment.release(container));
         drop(terminal_permit);
         drop(slot);
+    }
+
+    /// Writes the call's input files into its private directory.
+    async fn upload<S>(
+        &self,
+        container: &crate::containment::JobContainer,
+        plan: &crate::config::JobPlan,
+        requests: &mut S,
+        watch: files::UploadWatch<'_>,
+    ) -> Result<(), files::UploadEnd>
+    where
+        S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin,
+    {
+        let Some(files) = &plan.files else { return Ok(()) };
+        let dir = container.files_dir(plan.ids).map_err(files::UploadEnd::Failed)?;
+        let started = Instant::now();
+        files::receive_inputs(&dir, files, requests, watch).await?;
+        let bytes: u64 = files.inputs.iter().map(|i| i.size).sum();
+        info!(
+            files = files.inputs.len(),
+            bytes,
+            upload_ms = started.elapsed().as_millis() as u64,
+            "input files written"
+        );
+        Ok(())
+    }
+
+    /// Sends the job's output files back.
+    async fn send_outputs(
+        &self,
+        container: &crate::containment::JobContainer,
+        files: &crate::config::files::FilesPlan,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<Vec<pb::OutputFile>, JobError> {
+        match container.files_dir(None) {
+            Ok(dir) => files::send_outputs(&dir, files, events, &self.abandon).await,
+            // The job removed its own directory: nothing it asked for is there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(files::all_missing(files)),
+            Err(e) => Err(JobError::Files(e)),
+        }
     }
 
     /// Waits for a slot, sending `queued` events as the position changes. `None` if the call ended first
@@ -439,6 +546,29 @@ impl Jobs {
                 },
             }
         }
+    }
+}
+
+/// The `reason` label of `forkpool_calls_rejected_total`.
+fn rejection_label(e: &AdmissionError) -> &'static str {
+    match e {
+        AdmissionError::QueueFull { .. } => "queue_full",
+        AdmissionError::Closed => "draining",
+        AdmissionError::TooManyTerminals { .. } => "terminals",
+        AdmissionError::TooManyUploads { .. } => "uploads",
+    }
+}
+
+/// The name of a request message, for error messages.
+pub(crate) fn request_kind(msg: &pb::execute_request::Msg) -> &'static str {
+    use pb::execute_request::Msg;
+    match msg {
+        Msg::Start(_) => "start",
+        Msg::Stdin(_) => "stdin",
+        Msg::CloseStdin(_) => "close_stdin",
+        Msg::Signal(_) => "signal",
+        Msg::Resize(_) => "resize",
+        Msg::Input(_) => "input",
     }
 }
 

@@ -24,6 +24,12 @@ pub(crate) enum AdmissionError {
     /// The server is draining.
     #[error("the server is shutting down")]
     Closed,
+    /// As many calls as the pool holds (workers + queue) are uploading their input files already.
+    #[error("{max} calls are uploading input files already (workers + queue); retry later")]
+    TooManyUploads {
+        /// The limit.
+        max: usize,
+    },
     /// `max_terminals` terminal jobs are queued or running already.
     #[error("{max} terminal jobs are queued or running, the server's limit (max_terminals); retry later")]
     TooManyTerminals {
@@ -39,6 +45,8 @@ pub(crate) enum Admission {
     Slot(Slot),
     /// The call waits in the queue.
     Queued(Ticket),
+    /// The call uploads its input files first, holding neither a slot nor a queue place.
+    Staging(Staging),
 }
 
 struct Waiter {
@@ -50,6 +58,8 @@ struct Waiter {
 #[derive(Default)]
 struct State {
     running: usize,
+    /// Calls uploading their input files.
+    staging: usize,
     queue: VecDeque<Waiter>,
     next_id: u64,
     closed: bool,
@@ -117,6 +127,22 @@ impl Pool {
         Ok(Admission::Queued(Ticket { pool: Arc::clone(self), id, granted, position: position_rx }))
     }
 
+    /// Admits a call that uploads input files before it may queue: at most `workers + capacity` at once (the
+    /// number of calls the pool holds), so uploads are bounded too, but none holds a slot or a queue place,
+    /// and a slow uploader delays nobody.
+    pub(crate) fn admit_staging(self: &Arc<Self>) -> Result<Admission, AdmissionError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(AdmissionError::Closed);
+        }
+        let max = self.workers + self.capacity;
+        if state.staging >= max {
+            return Err(AdmissionError::TooManyUploads { max });
+        }
+        state.staging += 1;
+        Ok(Admission::Staging(Staging { pool: Arc::clone(self) }))
+    }
+
     /// Refuses new calls from now on and turns every queued call away (their tickets resolve to
     /// [`AdmissionError::Closed`]). Running jobs keep their slots.
     pub(crate) fn close(&self) {
@@ -144,6 +170,32 @@ impl Pool {
             let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
             waiter.position.send_if_modified(|p| std::mem::replace(p, position) != position);
         }
+    }
+}
+
+/// A call uploading its input files (see [`Pool::admit_staging`]). Dropping it leaves the uploads' count.
+pub(crate) struct Staging {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Staging")
+    }
+}
+
+impl Staging {
+    /// The upload is complete: the call is admitted like a new one (a slot, a queue place, or a refusal).
+    pub(crate) fn admit(self) -> Result<Admission, AdmissionError> {
+        let pool = Arc::clone(&self.pool);
+        drop(self);
+        pool.admit()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.pool.lock().staging -= 1;
     }
 }
 

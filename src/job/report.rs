@@ -23,6 +23,7 @@ impl Jobs {
         end: JobEnd,
         wall_time: Duration,
         reaped: Vec<crate::process::registry::ReapedOrphan>,
+        outputs: Vec<pb::OutputFile>,
     ) {
         let Some(mut exit) = exit else {
             return self.send(events, Err(JobError::Internal("the worker's exit status was lost"))).await;
@@ -66,15 +67,21 @@ impl Jobs {
                 if reason == pb::ExitReason::TimedOut {
                     self.metrics.timed_out.inc();
                 }
-                let exited = exited_event(&exit, reason, wall_time, reaped);
+                let exited = exited_event(&exit, reason, wall_time, reaped, outputs);
                 self.send(events, Ok(response(Ev::Exited(exited)))).await;
             }
         }
     }
 
-    /// Reports a call whose spawn was cancelled before it began: nothing ran.
+    /// Reports a call that ended before anything ran: its spawn was cancelled, or its upload ended early.
     pub(super) async fn report_unstarted(&self, events: &mpsc::Sender<Event>, ending: Ending) {
         match ending {
+            Ending::Invalid(message) => self.send(events, Err(JobError::InvalidRequest(message))).await,
+            Ending::TooLarge(message) => self.send(events, Err(JobError::MessageTooLarge(message))).await,
+            Ending::Transport(code, message) => {
+                self.metrics.cancelled.inc();
+                self.send(events, Err(JobError::Transport(code, message))).await;
+            }
             Ending::Deadline => {
                 self.metrics.cancelled.inc();
                 self.send(events, Err(JobError::DeadlineExceeded)).await;
@@ -122,6 +129,7 @@ fn exited_event(
     reason: pb::ExitReason,
     wall_time: Duration,
     reaped: Vec<crate::process::registry::ReapedOrphan>,
+    outputs: Vec<pb::OutputFile>,
 ) -> pb::Exited {
     pb::Exited {
         status: Some(match exit.status {
@@ -144,5 +152,6 @@ fn exited_event(
                 }),
             })
             .collect(),
+        outputs,
     }
 }

@@ -261,6 +261,10 @@ where
                         Err(message) => Some(Ending::Invalid(format!("resize: {message} (the job was killed)"))),
                     }
                 }
+                Some(Msg::Input(chunk)) => Some(Ending::Invalid(format!(
+                    "an `input` chunk of {} after every declared input file had arrived (the job was killed)",
+                    chunk.path
+                ))),
                 Some(Msg::Start(_)) => Some(Ending::Invalid(
                     "a second `start` on the same call: one call runs one job (the running job was killed)".into(),
                 )),

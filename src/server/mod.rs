@@ -53,6 +53,13 @@ pub const FORCE_BUDGET: Duration = Duration::from_secs(3);
 /// After a forced shutdown: how long open calls get to close.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// HTTP/2 receive window per call (bytes).
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+/// HTTP/2 receive window per connection (bytes).
+const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
+/// Largest HTTP/2 frame the server accepts (bytes): a 1 MiB upload chunk in 4 frames, not 64.
+const MAX_FRAME_BYTES: u32 = 256 << 10;
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -190,6 +197,12 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let transport = builder
+        // Uploads (stdin, input files) flow at the rate of a window per round trip: 1 MiB per call and 4 MiB
+        // per connection let them run at memory speed on a LAN, and bound what a client that sends without
+        // the job reading can make the server hold.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .add_service(health_service)

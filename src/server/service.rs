@@ -77,7 +77,7 @@ impl pb::executor_server::Executor for ExecutorService {
             Some(other) => {
                 return Err(Status::invalid_argument(format!(
                     "the first message must be `start`, got `{}`",
-                    request_kind(&other)
+                    crate::job::request_kind(&other)
                 )));
             }
             None => return Err(Status::invalid_argument("the first message has no field set; it must be `start`")),
@@ -93,7 +93,8 @@ impl pb::executor_server::Executor for ExecutorService {
         // Counted by the tracker from before admission: the drain closes the pool before it waits for the
         // tracker, so a call admitted at all is one the drain waits for.
         let tracked = self.tracker.token();
-        let (admission, terminal) = self.jobs.admit(plan.terminal.is_some()).map_err(admission_status)?;
+        let uploads = plan.files.as_ref().is_some_and(|f| !f.inputs.is_empty());
+        let (admission, terminal) = self.jobs.admit(plan.terminal.is_some(), uploads).map_err(admission_status)?;
         let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
         let cancelled = CancellationToken::new();
         let call = Call { plan, admission, terminal, requests, events, cancelled: cancelled.clone(), deadline, peer };
@@ -181,29 +182,20 @@ fn first_request_status(status: Status) -> Status {
     }
 }
 
-fn request_kind(msg: &Msg) -> &'static str {
-    match msg {
-        Msg::Start(_) => "start",
-        Msg::Stdin(_) => "stdin",
-        Msg::CloseStdin(_) => "close_stdin",
-        Msg::Signal(_) => "signal",
-        Msg::Resize(_) => "resize",
-    }
-}
-
 fn plan_status(e: PlanError) -> Status {
     match e {
         PlanError::InvalidArgument(m) => Status::invalid_argument(m),
         PlanError::NotFound(m) => Status::not_found(m),
         PlanError::PermissionDenied(m) => Status::permission_denied(m),
+        PlanError::ResourceExhausted(m) => Status::resource_exhausted(m),
     }
 }
 
 fn admission_status(e: AdmissionError) -> Status {
     match e {
-        AdmissionError::QueueFull { .. } | AdmissionError::TooManyTerminals { .. } => {
-            Status::resource_exhausted(e.to_string())
-        }
+        AdmissionError::QueueFull { .. }
+        | AdmissionError::TooManyTerminals { .. }
+        | AdmissionError::TooManyUploads { .. } => Status::resource_exhausted(e.to_string()),
         AdmissionError::Closed => Status::unavailable(e.to_string()),
     }
 }
@@ -228,6 +220,15 @@ fn job_status(e: JobError) -> Status {
         JobError::Spawn(SpawnError::Cancelled) => Status::cancelled(message),
         JobError::DeadlineExceeded => Status::deadline_exceeded(message),
         JobError::Transport(code, _) => Status::new(code, message),
+        JobError::Admission(e) => admission_status(e),
+        // The disk is full or over quota, or a file too large for it: a resource; anything else is ours.
+        JobError::Files(e)
+            if is_resource_limit(&e) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) =>
+        {
+            Status::resource_exhausted(message)
+        }
+        JobError::Files(_) => Status::internal(message),
+        JobError::ClientGone => Status::cancelled(message),
         JobError::Internal(_) => Status::internal(message),
     }
 }

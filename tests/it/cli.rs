@@ -55,3 +55,37 @@ fn run_exits_with_the_jobs_code_or_128_plus_its_signal() {
     assert_eq!(code(&["sh", "-c", "kill -TERM $$"]), Some(128 + 15));
     assert_eq!(code(&["/nonexistent/program"]), Some(127));
 }
+
+#[test]
+fn run_sends_input_files_and_writes_output_files_locally() {
+    let server = TestServer::start(&["--allow-raw-commands"]);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    std::fs::write(dir.join("notes.txt"), "pear\napple\nfig\n").expect("write");
+    let run = |args: &[&str]| {
+        Command::new(BIN).current_dir(&dir).args(["run", "--server", &server.url]).args(args).output().expect("run")
+    };
+    // The demo conversion: a local file in, the result written locally, one summary line.
+    let out = run(&["--job", "sort", "--input", "notes.txt:input.txt", "--output", "sorted.txt:out"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.join("out/sorted.txt")).expect("sorted.txt written"), "apple\nfig\npear\n");
+    assert!(stderr.contains("forkpool: output sorted.txt: 15 bytes -> out/sorted.txt"), "{stderr}");
+    // A pattern, nested paths, a missing output; a symlink planted locally is never followed.
+    std::fs::create_dir_all(dir.join("pngs")).expect("mkdir");
+    std::os::unix::fs::symlink("/tmp", dir.join("pngs/evil")).expect("symlink");
+    let script = "mkdir -p pages evil; echo one > pages/1.txt; echo two > pages/2.txt; echo x > evil/x.txt";
+    let out = run(&["--output", "pages/*.txt:pngs", "--output", "nope.txt", "--", "sh", "-c", script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.join("pngs/pages/2.txt")).expect("written"), "two\n");
+    assert!(stderr.contains("forkpool: output nope.txt: missing"), "{stderr}");
+    let out = run(&["--output", "evil/x.txt:pngs", "--", "sh", "-c", script]);
+    assert!(!out.status.success(), "wrote through a local symlink: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!std::path::Path::new("/tmp/x.txt").exists());
+    // Bad paths are refused before anything is sent.
+    let out = run(&["--input", "notes.txt:../x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

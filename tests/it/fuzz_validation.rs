@@ -38,8 +38,13 @@ fn start_job() -> impl Strategy<Value = pb::StartJob> {
         proptest::collection::vec(text(), 0..4),
         duration(),
         proptest::option::of((any::<u32>(), any::<u32>(), any::<bool>(), text())),
+        proptest::collection::vec(
+            (text(), 0u64..2048, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..4)),
+            0..3,
+        ),
+        proptest::collection::vec(text(), 0..3),
     )
-        .prop_map(|(job, args, env, timeout, command, kill_grace, terminal)| pb::StartJob {
+        .prop_map(|(job, args, env, timeout, command, kill_grace, terminal, inputs, outputs)| pb::StartJob {
             job,
             args,
             env: env.into_iter().collect::<HashMap<_, _>>(),
@@ -47,6 +52,11 @@ fn start_job() -> impl Strategy<Value = pb::StartJob> {
             command,
             kill_grace,
             terminal: terminal.map(|(rows, cols, no_echo, term)| pb::Terminal { rows, cols, no_echo, term }),
+            inputs: inputs
+                .into_iter()
+                .map(|(path, size, mode, content)| pb::InputFile { path, size, mode, content })
+                .collect(),
+            outputs,
         })
 }
 
@@ -66,12 +76,23 @@ proptest! {
                 let max = config.jobs.iter().find(|j| j.name == job).and_then(|j| j.max_timeout).or(config.raw_max_timeout);
                 prop_assert!(plan.timeout.is_some_and(|t| max.is_none_or(|m| t <= m)));
                 prop_assert!(raw || !job.is_empty(), "a raw command was accepted with raw commands off");
+                if let Some(files) = &plan.files {
+                    for path in files.inputs.iter().map(|i| &i.path).chain(files.outputs.iter().map(|o| &o.pattern)) {
+                        prop_assert!(forkpool::config::files::check_path("p", path).is_ok(), "{path:?} accepted");
+                    }
+                    prop_assert!(files.inputs.iter().map(|i| i.size).sum::<u64>() <= files.limits.input_bytes);
+                }
                 if let Some(t) = plan.terminal {
                     prop_assert!(t.rows > 0 && t.cols > 0);
                     prop_assert!(plan.env.get("TERM").is_some_and(|t| !t.is_empty()));
                 }
             }
-            Err(PlanError::InvalidArgument(m) | PlanError::NotFound(m) | PlanError::PermissionDenied(m)) => {
+            Err(
+                PlanError::InvalidArgument(m)
+                | PlanError::NotFound(m)
+                | PlanError::PermissionDenied(m)
+                | PlanError::ResourceExhausted(m),
+            ) => {
                 prop_assert!(!m.is_empty());
             }
         }

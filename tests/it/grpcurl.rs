@@ -68,6 +68,18 @@ fn the_readme_grpcurl_commands_work() {
     .expect("grpcurl");
     // "40 120 xterm-256color\r\n" (one write): the requested size, the default TERM, the terminal's line end.
     assert!(terminal.contains("\"stdout\": \"NDAgMTIwIHh0ZXJtLTI1NmNvbG9yDQo=\""), "{terminal}");
+    let sorted = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"start":{"job":"sort","inputs":[{"path":"input.txt","size":"11","content":"cGVhcgphcHBsZQo="}],"outputs":["sorted.txt"]}}"#,
+        &addr,
+        "forkpool.v1.Executor/Execute",
+    ])
+    .expect("grpcurl");
+    // "apple\npear\n" back as sorted.txt, and reported sent.
+    for needle in ["\"path\": \"sorted.txt\"", "\"data\": \"YXBwbGUKcGVhcgo=\"", "\"state\": \"OUTPUT_STATE_SENT\""] {
+        assert!(sorted.contains(needle), "{needle} missing: {sorted}");
+    }
     let health =
         grpcurl(&["-plaintext", "-d", r#"{"service":"forkpool.v1.Executor"}"#, &addr, "grpc.health.v1.Health/Check"])
             .expect("grpcurl");

@@ -15,6 +15,7 @@ mod edges;
 mod errors;
 mod execute;
 mod faults;
+mod files;
 mod fuzz_validation;
 mod grpcurl;
 mod hostile;

@@ -21,9 +21,13 @@ fn the_python_example_runs_a_job_streams_stdin_and_cancels() {
         .expect("run the Python example");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for line in
-        ["echo: hello from python | exit code 0", "cat: streamed through stdin", "cancelled: 3 processes gone", "ok"]
-    {
+    for line in [
+        "echo: hello from python | exit code 0",
+        "cat: streamed through stdin",
+        "cancelled: 3 processes gone",
+        "sort: ['apple', 'fig', 'pear'] | {'sorted.txt': 'OUTPUT_STATE_SENT'}",
+        "ok",
+    ] {
         assert!(stdout.lines().any(|l| l.starts_with(line)), "{line:?} missing from:\n{stdout}");
     }
     server.assert_no_children();

@@ -59,6 +59,8 @@ pub struct Outcome {
     pub exited: Option<pb::Exited>,
     pub status: Option<tonic::Status>,
     pub pid: Option<i32>,
+    /// Output files as received: path → (bytes, mode, whether its `last` chunk came).
+    pub files: std::collections::BTreeMap<String, (Vec<u8>, u32, bool)>,
 }
 
 impl Outcome {
@@ -86,6 +88,24 @@ impl Outcome {
 
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// `exited.outputs` as (path, state, size).
+    pub fn output_states(&self) -> Vec<(String, pb::OutputState, u64)> {
+        self.exited.as_ref().map_or_else(Vec::new, |e| {
+            e.outputs
+                .iter()
+                .map(|o| (o.path.clone(), pb::OutputState::try_from(o.state).unwrap_or_default(), o.size))
+                .collect()
+        })
+    }
+
+    /// A complete output file's bytes.
+    pub fn file(&self, path: &str) -> &[u8] {
+        let (data, _, last) =
+            self.files.get(path).unwrap_or_else(|| panic!("no output file {path}: {:?}", self.files.keys()));
+        assert!(last, "output {path} never got its last chunk");
+        data
     }
 }
 
@@ -140,6 +160,14 @@ impl OpenCall {
                     Event::Exited(e) => self.outcome.exited = Some(e.clone()),
                     Event::Started(s) => self.outcome.pid = Some(s.pid as i32),
                     Event::Queued(_) => {}
+                    Event::Output(chunk) => {
+                        let entry = self.outcome.files.entry(chunk.path.clone()).or_default();
+                        assert!(!entry.2, "a chunk of {} after its last one", chunk.path);
+                        assert!(chunk.data.len() <= 64 * 1024, "an output chunk of {} bytes", chunk.data.len());
+                        entry.0.extend_from_slice(&chunk.data);
+                        entry.1 = chunk.mode;
+                        entry.2 = chunk.last;
+                    }
                 }
                 self.outcome.events.push(event.clone());
                 Some(event)
