@@ -8,11 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::config::files::check_path;
+use crate::config::files::{check_path, compile_glob, is_glob};
 use crate::containment::jobdir::JobDir;
 use crate::pb::{self, execute_request::Msg};
 
@@ -77,8 +77,8 @@ pub(super) fn declare(inputs: &[InputArg]) -> anyhow::Result<Vec<pb::InputFile>>
         .collect()
 }
 
-/// Streams the declared files as `input` chunks, in order. A file that changed size since it was declared
-/// is an error (the server would refuse it anyway).
+/// Streams the declared files as `input` chunks, in order: the size declared is what is sent (a file that
+/// grew meanwhile is cut there; one that shrank is an error).
 pub(super) async fn upload(
     inputs: &[InputArg],
     declared: &[pb::InputFile],
@@ -132,9 +132,8 @@ impl Downloads {
         let wanted = outputs
             .iter()
             .map(|o| {
-                let glob = if o.pattern.contains(['*', '?', '[', '{']) {
-                    let glob = GlobBuilder::new(&o.pattern).literal_separator(true).backslash_escape(true).build();
-                    Some(glob.with_context(|| format!("invalid pattern {:?}", o.pattern))?.compile_matcher())
+                let glob = if is_glob(&o.pattern) {
+                    Some(compile_glob(&o.pattern).map_err(anyhow::Error::msg)?)
                 } else {
                     None
                 };
@@ -157,7 +156,10 @@ impl Downloads {
                 .with_context(|| format!("the server sent {}, which matches no --output", chunk.path))?;
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let mode = if chunk.mode == 0 { 0o644 } else { chunk.mode & 0o777 };
-            let file = JobDir::open(&dir, None)
+            // The user's own directory may be reached through a symlink (theirs to make); below it, none is
+            // followed.
+            let root = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let file = JobDir::open(&root, None)
                 .and_then(|d| d.create(&chunk.path, mode, true))
                 .with_context(|| format!("cannot write {} under {}", chunk.path, dir.display()))?;
             self.open.insert(chunk.path.clone(), (file, dir.join(&chunk.path)));

@@ -118,9 +118,20 @@ pub fn check_path(what: &str, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `pattern` is a glob (else a literal path).
-fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '[', '{'])
+/// Whether `pattern` is a glob (`*`, `?`, `[...]`; `{a,b}` alternatives work inside one), else a literal path
+/// (which may contain `{`).
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Compiles a glob: `*`, `?` and `[...]` within a component, `**` across directories.
+pub fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("{pattern:?} is not a valid pattern: {e}"))
 }
 
 /// Resolves the request's inputs and outputs against the job's caps.
@@ -200,11 +211,7 @@ pub(super) fn plan_files(
         .map(|(i, pattern)| {
             check_path(&format!("outputs[{i}]"), &pattern).map_err(InvalidArgument)?;
             let glob = if is_glob(&pattern) {
-                let glob =
-                    GlobBuilder::new(&pattern).literal_separator(true).backslash_escape(true).build().map_err(|e| {
-                        InvalidArgument(format!("outputs[{i}] {pattern:?} is not a valid pattern: {e}"))
-                    })?;
-                Some(glob.compile_matcher())
+                Some(compile_glob(&pattern).map_err(|e| InvalidArgument(format!("outputs[{i}]: {e}")))?)
             } else {
                 None
             };

@@ -40,6 +40,9 @@ pub struct Config {
     pub workers: usize,
     /// Calls that may wait for a worker slot; beyond that, `RESOURCE_EXHAUSTED`.
     pub queue: usize,
+    /// An upload of input files is dropped (`DEADLINE_EXCEEDED`) when no chunk comes for this long.
+    #[serde(deserialize_with = "units::duration")]
+    pub upload_idle_timeout: Duration,
     /// Terminal jobs (queued or running) at once; beyond that, `RESOURCE_EXHAUSTED`. Each holds a
     /// pseudo-terminal, of which the system has `/proc/sys/kernel/pty/max`; 0 = no terminal jobs.
     pub max_terminals: usize,
@@ -109,6 +112,7 @@ impl Default for Config {
             workers: 0,
             queue: 64,
             max_terminals: 256,
+            upload_idle_timeout: Duration::from_secs(60),
             allow_raw_commands: false,
             default_kill_grace: Duration::from_secs(2),
             max_kill_grace: Duration::from_secs(60),
@@ -211,6 +215,9 @@ impl Config {
         }
         if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() || self.handshake_timeout.is_zero() {
             return invalid("keepalive_interval and keepalive_timeout must be positive".into());
+        }
+        if self.upload_idle_timeout.is_zero() {
+            return invalid("upload_idle_timeout must be positive".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         for job in &self.jobs {

@@ -3,9 +3,10 @@
 //!
 //! Every path is walked from the directory's fd one component at a time, each directory opened with
 //! `O_NOFOLLOW | O_DIRECTORY` and checked to be on the job directory's own filesystem: a symlink anywhere on
-//! the path is refused, never followed, and nothing mounted inside leads out. This is what
-//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` does, on every kernel. Paths are checked by
-//! [`crate::config::files::check_path`] first (relative, no `..`).
+//! the path is refused, never followed, and no other filesystem mounted inside leads out. This is what
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` does, on every kernel, plus a device check (a bind mount of
+//! the same filesystem is not told apart; making one needs `CAP_SYS_ADMIN`, which a contained job should not
+//! have). Paths are checked by [`crate::config::files::check_path`] first (relative, no `..`).
 //!
 //! An output is read only if it is a regular file with a single link, on that filesystem: it is looked at
 //! with `fstatat(AT_SYMLINK_NOFOLLOW)` before anything opens it (opening a FIFO could hang, a device could act),
@@ -20,9 +21,9 @@ use std::path::Path;
 use rustix::fs::{self as fs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-/// Most directory entries [`JobDir::list`] walks (a job that makes millions of files gets its patterns
-/// matched against the first ones, and a warning).
-pub(crate) const MAX_LISTED: usize = 100_000;
+/// Most directory entries [`JobDir::list`] returns (a job that makes millions of files gets its patterns
+/// matched against the first ones, and a warning in the log).
+pub(crate) const MAX_LISTED: usize = 20_000;
 
 /// A job's private directory, open.
 #[derive(Debug)]
@@ -136,13 +137,11 @@ impl JobDir {
         let exclusive = if replace { OFlags::TRUNC } else { OFlags::EXCL };
         let flags = OFlags::WRONLY | OFlags::CREATE | exclusive | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let file = fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))?;
-        // Exactly these bits, whatever the umask.
-        fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
+        // The job's first (chown clears set-id bits), then exactly these bits, whatever the umask.
         if let Some((uid, gid)) = self.owner {
             fs::fchown(&file, Some(fs::Uid::from_raw(uid)), Some(fs::Gid::from_raw(gid)))?;
-            // chown clears set-id bits: set them again now that the file is the job's.
-            fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
         }
+        fs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777))?;
         Ok(File::from(file))
     }
 
@@ -186,48 +185,55 @@ impl JobDir {
         Ok(Found::File { file: File::from(file), size, mode: opened.st_mode & 0o7777 })
     }
 
-    /// Every entry below the directory (at most [`MAX_LISTED`]), depth first in name order, without following a
-    /// symlink or leaving the filesystem. Names that are not UTF-8 cannot be requested, and are skipped.
-    pub(crate) fn list(&self) -> io::Result<Vec<Entry>> {
+    /// Every entry below the directory (at most [`MAX_LISTED`], each path at most `max_path` bytes: longer ones
+    /// cannot be requested), in path order, without following a symlink or leaving the filesystem. Each
+    /// directory is reached by a fresh walk from the root, so a deep tree holds no fd per level and no stack.
+    /// Names that are not UTF-8 cannot be requested either, and are skipped. Returns whether it stopped at
+    /// [`MAX_LISTED`].
+    pub(crate) fn list(&self, max_path: usize) -> io::Result<(Vec<Entry>, bool)> {
         let mut out = Vec::new();
-        let root = fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        self.list_into(root, "", &mut out)?;
-        Ok(out)
-    }
-
-    fn list_into(&self, dir: OwnedFd, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
-        let mut names = Vec::new();
-        for entry in fs::Dir::read_from(&dir)? {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().to_str() else { continue };
-            if name != "." && name != ".." {
-                names.push((name.to_string(), entry.file_type()));
-            }
-        }
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, kind) in names {
-            if out.len() >= MAX_LISTED {
-                return Ok(());
-            }
-            let kind = match kind {
-                FileType::Unknown => match fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(stat) => FileType::from_raw_mode(stat.st_mode),
-                    Err(_) => continue,
-                },
-                kind => kind,
-            };
-            let path = format!("{prefix}{name}");
-            let is_dir = kind == FileType::Directory;
-            out.push(Entry { path: path.clone(), dir: is_dir });
-            if is_dir {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                let Ok(sub) = fs::openat(&dir, name.as_str(), flags, Mode::empty()) else { continue };
-                if fs::fstat(&sub).is_ok_and(|s| s.st_dev == self.dev) {
-                    self.list_into(sub, &format!("{path}/"), out)?;
+        let mut pending = vec![String::new()];
+        while let Some(prefix) = pending.pop() {
+            let dirs: Vec<&str> = if prefix.is_empty() { Vec::new() } else { prefix.split('/').collect() };
+            let dir = match self.walk(&dirs, false) {
+                Ok(Some(dir)) => dir,
+                Ok(None) => {
+                    fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?
                 }
+                // Replaced meanwhile by something else: not a directory to walk.
+                Err(Walk::Missing | Walk::NotDirectory) => continue,
+                Err(Walk::Failed(e)) => return Err(e),
+            };
+            for entry in fs::Dir::read_from(&dir)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().to_str() else { continue };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let path = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+                if path.len() > max_path {
+                    continue;
+                }
+                if out.len() >= MAX_LISTED {
+                    out.sort_by(|a: &Entry, b: &Entry| a.path.cmp(&b.path));
+                    return Ok((out, true));
+                }
+                let kind = match entry.file_type() {
+                    FileType::Unknown => match fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                        Err(_) => continue,
+                    },
+                    kind => kind,
+                };
+                let is_dir = kind == FileType::Directory;
+                if is_dir {
+                    pending.push(path.clone());
+                }
+                out.push(Entry { path, dir: is_dir });
             }
         }
-        Ok(())
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((out, false))
     }
 }
 
@@ -271,7 +277,7 @@ mod tests {
         assert!(matches!(dir.open_output("two").expect("look"), Found::NotRegular { .. }));
         nix::unistd::mkfifo(&base.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("fifo");
         assert!(matches!(dir.open_output("fifo").expect("look"), Found::NotRegular { .. }));
-        let listed: Vec<String> = dir.list().expect("list").into_iter().map(|e| e.path).collect();
+        let listed: Vec<String> = dir.list(1024).expect("list").0.into_iter().map(|e| e.path).collect();
         assert_eq!(listed, ["a", "a/b", "a/b/c.txt", "etc", "fifo", "one", "passwd", "two"]);
         let _ = std::fs::remove_dir_all(&base);
     }

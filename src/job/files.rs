@@ -14,12 +14,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::stdio::CHUNK_BYTES;
 use super::supervise::{Ending, StreamError, sleep_until_or_never};
 use super::{Event, JobError};
-use crate::config::files::{FilesPlan, InputPlan};
-use crate::containment::jobdir::{Found, JobDir};
+use crate::config::files::{FilesPlan, InputPlan, MAX_PATH_BYTES};
+use crate::containment::jobdir::{Entry, Found, JobDir};
 use crate::pb::{self, execute_request::Msg, execute_response::Event as Ev};
 
 /// How an upload ended early.
@@ -29,16 +30,20 @@ pub(crate) enum UploadEnd {
     Ended(Ending),
     /// Writing failed (a full disk, say).
     Failed(std::io::Error),
+    /// No chunk came for this long.
+    Stalled(std::time::Duration),
 }
 
 /// What ends a call while its files are uploaded.
 pub(crate) struct UploadWatch<'a> {
     /// The call ended (the response stream was dropped).
     pub(crate) cancelled: &'a CancellationToken,
-    /// The server is shutting down.
-    pub(crate) shutdown: &'a CancellationToken,
+    /// The server is draining (no new job starts) or shutting down.
+    pub(crate) draining: &'a CancellationToken,
     /// The call's deadline.
     pub(crate) deadline: Option<Instant>,
+    /// Longest wait for the next chunk (`upload_idle_timeout`).
+    pub(crate) idle: std::time::Duration,
 }
 
 /// Writes the declared input files into `dir`: those with inline content (or none) at once, then the others
@@ -72,7 +77,8 @@ where
                 biased;
                 () = watch.cancelled.cancelled() => return Err(UploadEnd::Ended(Ending::Cancelled)),
                 () = &mut deadline => return Err(UploadEnd::Ended(Ending::Deadline)),
-                () = watch.shutdown.cancelled() => return Err(UploadEnd::Ended(Ending::Shutdown)),
+                () = watch.draining.cancelled() => return Err(UploadEnd::Ended(Ending::Shutdown)),
+                () = tokio::time::sleep(watch.idle) => return Err(UploadEnd::Stalled(watch.idle)),
                 request = requests.next() => request,
             };
             let expected =
@@ -148,29 +154,37 @@ fn write_blocking(file: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> 
     tokio::task::block_in_place(|| file.write_all(data))
 }
 
+/// Most entries in `exited.outputs` (and at most [`MAX_REPORT_BYTES`] of paths): `exited` must stay well
+/// under a client's message limit (4 MiB by default) whatever a pattern matches. Matches beyond are neither
+/// sent nor reported (the log says so).
+pub(crate) const MAX_REPORTED: usize = 2000;
+/// Most bytes of paths in `exited.outputs`.
+pub(crate) const MAX_REPORT_BYTES: usize = 1 << 20;
+
 /// Sends the job's output files as `output` chunks (back-pressure as for stdout) and returns what became of
-/// each requested path and each pattern match, for `exited`. `inputs` counts against `file_count`. Stops
-/// early (`Err`) if the client is gone or the forced shutdown abandons it.
+/// each requested path and each pattern match, for `exited`. `inputs` count against `file_count`. Stops early
+/// (`Err`) if the client is gone, the forced shutdown abandons it, or the call's `deadline` passes.
 pub(crate) async fn send_outputs(
     dir: &JobDir,
     files: &FilesPlan,
     events: &mpsc::Sender<Event>,
     abandon: &CancellationToken,
+    deadline: Option<Instant>,
 ) -> Result<Vec<pb::OutputFile>, JobError> {
     let limits = files.limits;
-    let mut report = Vec::new();
-    let mut listed = None;
-    let mut seen = BTreeSet::new();
+    let mut report: Vec<pb::OutputFile> = Vec::new();
+    let mut report_bytes = 0usize;
+    let mut listed: Option<Vec<Entry>> = None;
+    // Each file's fate, so a file matched twice is sent once.
+    let mut done: std::collections::BTreeMap<String, (pb::OutputState, u64)> = Default::default();
     let mut count = files.inputs.len() as u64;
     let mut total = 0u64;
+    let mut deadline = sleep_until_or_never(deadline);
     for request in &files.outputs {
         let paths = match &request.glob {
             None => vec![request.pattern.clone()],
             Some(glob) => {
-                if listed.is_none() {
-                    listed = Some(dir.list().map_err(JobError::Files)?);
-                }
-                let entries = listed.as_deref().unwrap_or_default();
+                let entries = listed.get_or_insert_with(|| list(dir));
                 let matched: Vec<String> =
                     entries.iter().filter(|e| !e.dir && glob.is_match(&e.path)).map(|e| e.path.clone()).collect();
                 if matched.is_empty() {
@@ -180,10 +194,22 @@ pub(crate) async fn send_outputs(
             }
         };
         for path in paths {
-            if !seen.insert(path.clone()) {
+            if report.len() >= MAX_REPORTED || report_bytes >= MAX_REPORT_BYTES {
+                warn!(reported = report.len(), "more output matches than `exited` can report; the rest are skipped");
+                return Ok(report);
+            }
+            if let Some((state, size)) = done.get(&path) {
+                // Matched by an earlier pattern: a literal request is still reported, a pattern's repeat is not.
+                if request.glob.is_none() {
+                    report.push(output_file(&path, *state, *size));
+                }
                 continue;
             }
-            let (state, size) = match dir.open_output(&path).map_err(JobError::Files)? {
+            let found = tokio::task::block_in_place(|| dir.open_output(&path)).unwrap_or_else(|e| {
+                warn!(%path, error = %e, "cannot look at an output file; reported as not regular");
+                Found::NotRegular { size: 0 }
+            });
+            let (state, size) = match found {
                 Found::Missing => (pb::OutputState::Missing, 0),
                 Found::NotRegular { size } => (pb::OutputState::NotRegular, size),
                 Found::File { size, .. }
@@ -194,16 +220,40 @@ pub(crate) async fn send_outputs(
                     (pb::OutputState::TooLarge, size)
                 }
                 Found::File { file, size, mode } => {
-                    let sent = send_file(&path, file, size, mode, events, abandon).await?;
+                    let sent = tokio::select! {
+                        sent = send_file(&path, file, size, mode, events, abandon) => sent?,
+                        () = &mut deadline => return Err(JobError::DeadlineExceeded),
+                    };
                     total += sent;
                     count += 1;
                     (pb::OutputState::Sent, sent)
                 }
             };
+            report_bytes += path.len();
             report.push(output_file(&path, state, size));
+            done.insert(path, (state, size));
         }
     }
     Ok(report)
+}
+
+/// The job directory's entries for pattern matching; none (so every pattern is MISSING) if it cannot be read.
+fn list(dir: &JobDir) -> Vec<Entry> {
+    match tokio::task::block_in_place(|| dir.list(MAX_PATH_BYTES)) {
+        Ok((entries, truncated)) => {
+            if truncated {
+                warn!(
+                    entries = entries.len(),
+                    "the job's directory has more entries than are matched against patterns"
+                );
+            }
+            entries
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot list the job's directory for its output patterns");
+            Vec::new()
+        }
+    }
 }
 
 /// The report when the job's directory itself is gone: every requested path and pattern is missing.

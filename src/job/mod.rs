@@ -90,6 +90,9 @@ pub(crate) enum JobError {
     /// The call was refused admission after its upload (the queue was full, the server draining).
     #[error(transparent)]
     Admission(AdmissionError),
+    /// No input chunk came for `upload_idle_timeout`: the staged upload was dropped.
+    #[error("no `input` chunk came for {0:?} (upload_idle_timeout): the upload was dropped")]
+    UploadStalled(Duration),
     /// The client went away while something was sent to it (nobody is left to tell).
     #[error("the client went away")]
     ClientGone,
@@ -111,6 +114,8 @@ pub(crate) struct Jobs {
     abandon: CancellationToken,
     /// Terminal jobs queued or running, against `max_terminals`.
     terminals: Arc<TerminalCount>,
+    /// Longest wait for the next input chunk of an upload.
+    upload_idle_timeout: Duration,
     next_id: AtomicU64,
     id_prefix: String,
     /// Test-only fault (debug builds): a job task of this catalog job panics.
@@ -160,6 +165,7 @@ impl Jobs {
             shutdown,
             abandon,
             terminals: TerminalCount::new(usize::MAX),
+            upload_idle_timeout: Duration::from_secs(60),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", started & 0xff_ffff),
             panic_on_job: None,
@@ -169,6 +175,12 @@ impl Jobs {
     /// Caps terminal jobs (queued or running) at `max`.
     pub(crate) fn with_max_terminals(mut self, max: usize) -> Self {
         self.terminals = TerminalCount::new(max);
+        self
+    }
+
+    /// Drops an upload after `idle` without a chunk.
+    pub(crate) fn with_upload_idle_timeout(mut self, idle: Duration) -> Self {
+        self.upload_idle_timeout = idle;
         self
     }
 
@@ -248,12 +260,18 @@ impl Jobs {
                     return self.send(&events, Err(JobError::Containment(e))).await;
                 }
             };
-            let watch = files::UploadWatch { cancelled: &cancelled, shutdown: &self.shutdown, deadline };
+            let idle = self.upload_idle_timeout;
+            let watch = files::UploadWatch { cancelled: &cancelled, draining: self.pool.closed(), deadline, idle };
             if let Err(end) = self.upload(&container, &plan, &mut requests, watch).await {
                 self.containment.release(container).await;
                 return match end {
                     files::UploadEnd::Ended(ending) => self.report_unstarted(&events, ending).await,
                     files::UploadEnd::Failed(e) => self.send(&events, Err(JobError::Files(e))).await,
+                    files::UploadEnd::Stalled(idle) => {
+                        info!(?idle, "the upload stalled");
+                        self.metrics.cancelled.inc();
+                        self.send(&events, Err(JobError::UploadStalled(idle))).await
+                    }
                 };
             }
             admission = match staging.admit() {
@@ -444,7 +462,7 @@ impl Jobs {
         // there: not after a cancel, a deadline, an invalid request or a shutdown).
         let outputs = match (&plan.files, &ending) {
             (Some(files), None | Some(Ending::TimedOut | Ending::OutputLimit)) if !files.outputs.is_empty() => {
-                match self.send_outputs(&container, files, &events).await {
+                match self.send_outputs(&container, files, &events, deadline).await {
                     Ok(outputs) => outputs,
                     Err(e) => {
                         if !matches!(e, JobError::ClientGone) {
@@ -499,9 +517,10 @@ impl Jobs {
         container: &crate::containment::JobContainer,
         files: &crate::config::files::FilesPlan,
         events: &mpsc::Sender<Event>,
+        deadline: Option<Instant>,
     ) -> Result<Vec<pb::OutputFile>, JobError> {
         match container.files_dir(None) {
-            Ok(dir) => files::send_outputs(&dir, files, events, &self.abandon).await,
+            Ok(dir) => files::send_outputs(&dir, files, events, &self.abandon, deadline).await,
             // The job removed its own directory: nothing it asked for is there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(files::all_missing(files)),
             Err(e) => Err(JobError::Files(e)),

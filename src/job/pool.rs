@@ -68,6 +68,8 @@ struct State {
 /// The pool of worker slots.
 pub(crate) struct Pool {
     state: Mutex<State>,
+    /// Fired by [`Pool::close`]: staged uploads stop at once (their job could not start anyway).
+    closed: tokio_util::sync::CancellationToken,
     workers: usize,
     capacity: usize,
 }
@@ -82,7 +84,12 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A pool of `workers` slots with a queue of `capacity` waiting calls.
     pub(crate) fn new(workers: usize, capacity: usize) -> Arc<Pool> {
-        Arc::new(Pool { state: Mutex::new(State::default()), workers: workers.max(1), capacity })
+        Arc::new(Pool {
+            state: Mutex::new(State::default()),
+            closed: tokio_util::sync::CancellationToken::new(),
+            workers: workers.max(1),
+            capacity,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -143,11 +150,17 @@ impl Pool {
         Ok(Admission::Staging(Staging { pool: Arc::clone(self) }))
     }
 
+    /// Fired once the pool is closed (the server is draining).
+    pub(crate) fn closed(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closed
+    }
+
     /// Refuses new calls from now on and turns every queued call away (their tickets resolve to
     /// [`AdmissionError::Closed`]). Running jobs keep their slots.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        self.closed.cancel();
         // Dropping the grant senders wakes every waiter with an error.
         state.queue.clear();
     }

@@ -146,7 +146,8 @@ pub async fn run(
     let abandon = CancellationToken::new();
     let mut jobs =
         Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone(), abandon.clone())
-            .with_max_terminals(config.max_terminals);
+            .with_max_terminals(config.max_terminals)
+            .with_upload_idle_timeout(config.upload_idle_timeout);
     jobs.inject_panic_on_job(process.panic_on_job);
     let jobs = Arc::new(jobs);
     let tracker = TaskTracker::new();

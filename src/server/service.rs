@@ -229,6 +229,7 @@ fn job_status(e: JobError) -> Status {
         }
         JobError::Files(_) => Status::internal(message),
         JobError::ClientGone => Status::cancelled(message),
+        JobError::UploadStalled(_) => Status::deadline_exceeded(message),
         JobError::Internal(_) => Status::internal(message),
     }
 }

@@ -75,15 +75,17 @@ fn run_sends_input_files_and_writes_output_files_locally() {
     // A pattern, nested paths, a missing output; a symlink planted locally is never followed.
     std::fs::create_dir_all(dir.join("pngs")).expect("mkdir");
     std::os::unix::fs::symlink("/tmp", dir.join("pngs/evil")).expect("symlink");
-    let script = "mkdir -p pages evil; echo one > pages/1.txt; echo two > pages/2.txt; echo x > evil/x.txt";
-    let out = run(&["--output", "pages/*.txt:pngs", "--output", "nope.txt", "--", "sh", "-c", script]);
+    let escaped = format!("forkpool-escaped-{}.txt", std::process::id());
+    let script =
+        format!("mkdir -p pages evil; echo one > pages/1.txt; echo two > pages/2.txt; echo x > evil/{escaped}");
+    let out = run(&["--output", "pages/*.txt:pngs", "--output", "nope.txt", "--", "sh", "-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(std::fs::read_to_string(dir.join("pngs/pages/2.txt")).expect("written"), "two\n");
     assert!(stderr.contains("forkpool: output nope.txt: missing"), "{stderr}");
-    let out = run(&["--output", "evil/x.txt:pngs", "--", "sh", "-c", script]);
+    let out = run(&["--output", &format!("evil/{escaped}:pngs"), "--", "sh", "-c", &script]);
     assert!(!out.status.success(), "wrote through a local symlink: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(!std::path::Path::new("/tmp/x.txt").exists());
+    assert!(!std::path::Path::new("/tmp").join(&escaped).exists());
     // Bad paths are refused before anything is sent.
     let out = run(&["--input", "notes.txt:../x", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));

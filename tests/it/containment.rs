@@ -198,6 +198,13 @@ async fn a_job_with_a_user_runs_as_that_user() {
     let nogroup = nix::unistd::User::from_name("nobody").ok().flatten().expect("nobody").gid.as_raw().to_string();
     assert_eq!(out.stdout_text(), format!("65534\n{nogroup}\n{nogroup}\n"), "{out:?}");
     assert_eq!(out.code(), Some(0), "the private directory belongs to the job's user: {out:?}");
+    // Its input files (and the directories made for them) are its own too.
+    let catalog = "[[job]]\nname = \"files\"\ncommand = [\"stat\", \"-c\", \"%U %a %n\", \"d\", \"d/in\"]\nuser = \"nobody\"\nfiles = true\n";
+    let Some((server, _)) = start(Mode::Fallback, catalog, "user-files").await else { return };
+    let mut client = server.client().await;
+    let input = forkpool::pb::InputFile { path: "d/in".into(), size: 1, mode: 0o640, content: b"x".to_vec() };
+    let out = run(&mut client, forkpool::pb::StartJob { inputs: vec![input], ..job("files", &[]) }).await;
+    assert_eq!(out.stdout_text(), "nobody 755 d\nnobody 640 d/in\n", "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use forkpool::pb;
+
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,6 +163,34 @@ async fn a_full_working_directory_filesystem_gives_a_clear_error_and_leaks_nothi
     for file in fillers {
         std::fs::remove_file(file).expect("remove filler");
     }
+    assert_serving(&mut client).await;
+    // An input file larger than the space left: RESOURCE_EXHAUSTED, the staged directory removed, nothing run.
+    let size = 2u64 << 20;
+    let start = pb::StartJob {
+        inputs: vec![pb::InputFile { path: "big".into(), size, mode: 0, content: Vec::new() }],
+        ..raw(&["true"])
+    };
+    let call = OpenCall::open(&mut client, start).await.expect("open");
+    let piece = vec![1u8; 256 << 10];
+    for i in 0..8 {
+        let chunk = pb::FileChunk { path: "big".into(), data: piece.clone(), last: i == 7, mode: 0 };
+        let request = pb::ExecuteRequest { msg: Some(pb::execute_request::Msg::Input(chunk)) };
+        if call.requests.as_ref().expect("open").send(request).await.is_err() {
+            break;
+        }
+    }
+    let out = call.finish().await;
+    assert_eq!(out.error_code(), Some(tonic::Code::ResourceExhausted), "{out:?}");
+    assert!(out.status.as_ref().is_some_and(|s| s.message().contains("No space left")), "{out:?}");
+    let started = settled_status(&mut client).await.started_total;
+    assert_eq!(started, 1, "only the serving check ran");
+    let leftovers: Vec<_> = std::fs::read_dir(&base)
+        .expect("work root")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|i| std::fs::read_dir(i.path()).into_iter().flatten().flatten())
+        .collect();
+    assert!(leftovers.is_empty(), "the staged upload was left behind: {leftovers:?}");
     assert_serving(&mut client).await;
     drop(client);
     drop(server);

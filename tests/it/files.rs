@@ -248,10 +248,11 @@ async fn a_slow_uploader_holds_no_worker_slot() {
     let mut slow =
         OpenCall::open(&mut client, with_files(sh("cat in"), vec![declared("in", 10, 0)], &[])).await.expect("open");
     slow.send(chunk_msg("in", b"12345", false)).await;
-    // With one worker, a second call runs to its end while the first is still uploading.
-    let other = run(&mut client, sh("echo ran")).await;
+    // With one worker, a second call runs to its end while the first is still uploading (were the upload
+    // holding the only slot, this would wait for it: the timeout turns that into a failure).
+    let other = tokio::time::timeout(Duration::from_secs(20), run(&mut client, sh("echo ran"))).await;
+    let other = other.expect("the second call waited for the uploading one");
     assert_eq!(other.stdout_text(), "ran\n", "{other:?}");
-    assert!(slow.outcome.pid.is_none());
     slow.send(chunk_msg("in", b"67890", true)).await;
     slow.half_close();
     let out = slow.finish().await;
@@ -297,10 +298,10 @@ async fn a_gigabyte_output_to_a_slow_reader_keeps_server_memory_flat() {
     while let Some(event) = call.responses.message().await.expect("stream") {
         if let Some(pb::execute_response::Event::Output(chunk)) = event.event {
             received += chunk.data.len();
-            if received % (64 << 20) < chunk.data.len() {
+            if received % (4 << 20) < chunk.data.len() {
                 peak = peak.max(rss_kib(server.pid));
                 // Slower than the server can send: its buffers, not its memory, must absorb it.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
     }
@@ -331,7 +332,7 @@ async fn outputs_after_a_timeout_and_after_the_directory_is_gone() {
     let (server, _) = server_with("endings", "");
     let mut client = server.client().await;
     let start = pb::StartJob {
-        timeout: duration(Duration::from_millis(300)),
+        timeout: duration(Duration::from_secs(2)),
         ..with_files(sh("echo partial > log; sleep 100"), vec![], &["log"])
     };
     let out = run(&mut client, start).await;
@@ -344,4 +345,50 @@ async fn outputs_after_a_timeout_and_after_the_directory_is_gone() {
         out.output_states(),
         [("x".to_string(), pb::OutputState::Missing, 0), ("*.y".to_string(), pb::OutputState::Missing, 0)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_or_deep_tree_keeps_exited_small_and_the_server_up() {
+    let (server, _) = server_with("huge", "");
+    let mut client = server.client().await;
+    // 3000 files and a tree 400 levels deep (deeper than any path that can be requested).
+    let script = "mkdir many && cd many && seq 3000 | xargs touch && cd .. \
+                  && d=deep && for i in $(seq 400); do d=$d/abc; done && mkdir -p $d && touch $d/bottom";
+    let out = run(&mut client, with_files(sh(script), vec![], &["**", "many/1", "x{1}.txt"])).await;
+    assert_eq!(out.code(), Some(0), "{:?}", out.status);
+    let states = out.output_states();
+    let sent = states.iter().filter(|(_, s, _)| *s == pb::OutputState::Sent).count();
+    assert_eq!(sent, 1000, "file_count bounds what is sent");
+    assert!(states.len() <= 2000, "{} entries in exited", states.len());
+    assert!(!states.iter().any(|(p, ..)| p.ends_with("bottom")), "a path longer than any request was matched");
+    assert_serving(&mut client).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_upload_is_dropped_and_a_drain_stops_uploads_at_once() {
+    let (mut server, work_root) = server_with("idle", "upload_idle_timeout = \"300ms\"\n");
+    let mut client = server.client().await;
+    let call =
+        OpenCall::open(&mut client, with_files(sh("true"), vec![declared("in", 10, 0)], &[])).await.expect("open");
+    call.send(chunk_msg("in", b"12345", false)).await;
+    let out = call.finish().await;
+    assert_eq!(out.error_code(), Some(tonic::Code::DeadlineExceeded), "{out:?}");
+    assert!(out.status.as_ref().is_some_and(|s| s.message().contains("upload_idle_timeout")), "{out:?}");
+    assert!(wait_until(Duration::from_secs(5), || job_dirs(&work_root).is_empty()), "{:?}", job_dirs(&work_root));
+
+    // A drain does not wait for an upload: its job could never start.
+    let mut slow =
+        OpenCall::open(&mut client, with_files(sh("true"), vec![declared("in", 10, 0)], &[])).await.expect("open");
+    slow.send(chunk_msg("in", b"1", false)).await;
+    assert!(wait_until(Duration::from_secs(5), || job_dirs(&work_root).len() == 1));
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while slow.next().await.is_some() {}
+        slow.outcome
+    })
+    .await
+    .expect("the drain waited for the upload");
+    assert_eq!(ended.error_code(), Some(tonic::Code::Unavailable), "{ended:?}");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the server exited");
+    assert!(status.success(), "{status:?}");
 }
