@@ -40,7 +40,7 @@
 //! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
 //! | [`job`] | one call's life: the pool, supervision (endings decided), stdio and pty pumps, terminals, the report, the counters |
 //! | [`process`] | spawning (the only fork-time and pty unsafe code), the registry, the reaper (the only waiter), killing, `/proc` |
-//! | [`containment`] | cgroups, working directories, a crashed server's leftovers, the guardian |
+//! | [`containment`] | cgroups, working directories and the files in them, dynamic users, a crashed server's leftovers, the guardian |
 //! | [`config`] | the file's schema and the catalog, the request plan, limits, units |
 //! | [`cli`] | `forkpool run` (`-t`: under a terminal, the local one raw), `jobs`, `status` and `bench` |
 //!

@@ -50,6 +50,10 @@ pub struct CatalogJob {
     /// with a fixed `cwd` (files go to the job's private directory).
     #[serde(default)]
     pub files: bool,
+    /// Capabilities the job keeps in its bounding set (`CAP_NET_BIND_SERVICE`, ...): all others are dropped. They
+    /// take effect for a job that runs as root (`user = "root"`, or without dynamic users).
+    #[serde(default)]
+    pub keep_capabilities: Vec<String>,
     /// Whether a request may run this job under a terminal (`StartJob.terminal`).
     #[serde(default = "yes")]
     pub terminal: bool,
@@ -85,6 +89,7 @@ pub(super) fn builtin_catalog() -> Vec<CatalogJob> {
         user: None,
         group: None,
         files: false,
+        keep_capabilities: Vec::new(),
         terminal: true,
         ids: None,
     };

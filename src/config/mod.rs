@@ -6,6 +6,7 @@
 
 mod catalog;
 pub mod files;
+pub mod isolation;
 pub mod limits;
 mod plan;
 pub mod units;
@@ -90,6 +91,8 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// Where private working directories are made.
     pub work_root: PathBuf,
+    /// How jobs are isolated (`[isolation]`).
+    pub isolation: isolation::Isolation,
     /// The job catalog (`[[job]]` tables).
     #[serde(rename = "job")]
     pub jobs: Vec<CatalogJob>,
@@ -131,6 +134,7 @@ impl Default for Config {
             cgroups: CgroupMode::Auto,
             cgroup_root: None,
             work_root: std::env::temp_dir().join("forkpool"),
+            isolation: isolation::Isolation::default(),
             jobs: builtin_catalog(),
         }
     }
@@ -219,6 +223,7 @@ impl Config {
         if self.upload_idle_timeout.is_zero() {
             return invalid("upload_idle_timeout must be positive".into());
         }
+        self.isolation.validate().or_else(invalid)?;
         let mut seen = std::collections::BTreeSet::new();
         for job in &self.jobs {
             if job.name.is_empty() || job.name.contains('\0') {
@@ -241,6 +246,9 @@ impl Config {
                     "job `{}` sets both `files` and `cwd`: files go to a private working directory",
                     job.name
                 ));
+            }
+            if let Err(m) = isolation::capability_mask(&job.keep_capabilities) {
+                return invalid(format!("job `{}`: {m}", job.name));
             }
             for key in &job.allowed_env {
                 check_env_entry(key, "").or_else(|m| invalid(format!("job `{}`: allowed_env: {m}", job.name)))?;

@@ -28,7 +28,7 @@ impl Config {
             check_env_entry(k, v).map_err(InvalidArgument)?;
         }
         let mut env = base_env();
-        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed, files_allowed) =
+        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed, files_allowed, keep_capabilities) =
             match (start.job.is_empty(), start.command.is_empty()) {
                 (true, true) => {
                     return Err(InvalidArgument(
@@ -49,7 +49,7 @@ impl Config {
                     }
                     env.extend(start.env);
                     let name = format!("raw:{}", start.command[0]);
-                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true, true)
+                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true, true, 0)
                 }
                 (false, true) => {
                     let job = self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
@@ -69,7 +69,9 @@ impl Config {
                     let limits = job.limits.or(self.limits);
                     let command = job.command.clone();
                     let cwd = job.cwd.clone();
-                    (job.name.clone(), command, job.max_timeout, limits, cwd, job.ids, job.terminal, job.files)
+                    // Checked when the config was loaded.
+                    let keep = super::isolation::capability_mask(&job.keep_capabilities).unwrap_or(0);
+                    (job.name.clone(), command, job.max_timeout, limits, cwd, job.ids, job.terminal, job.files, keep)
                 }
             };
         argv.extend(start.args);
@@ -103,7 +105,7 @@ impl Config {
             return Err(PermissionDenied(format!("job `{name}` does not take files (files = false)")));
         }
         let files = plan_files(start.inputs, start.outputs, &limits)?;
-        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal, files })
+        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal, files, keep_capabilities })
     }
 }
 
@@ -130,6 +132,8 @@ pub struct JobPlan {
     pub terminal: Option<TerminalPlan>,
     /// Input and output files, if the request has any.
     pub files: Option<FilesPlan>,
+    /// Capabilities (bit N = capability N) left in the job's bounding set; every other one is dropped.
+    pub keep_capabilities: u64,
 }
 
 /// A terminal job's pseudo-terminal, as it is at exec.

@@ -16,6 +16,7 @@ pub(crate) mod cgroup;
 pub mod guardian;
 pub(crate) mod jobdir;
 mod leftovers;
+pub(crate) mod users;
 pub(crate) mod workdir;
 
 use std::io;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 use cgroup::{CgroupTree, JobCgroup};
 use guardian::Guardian;
+use users::{DynamicUser, DynamicUsers};
 use workdir::WorkRoot;
 
 use crate::config::{CgroupMode, Config, JobPlan};
@@ -46,6 +48,10 @@ pub(crate) struct Containment {
     registry: Arc<Registry>,
     populated_after_end: prometheus_client::metrics::counter::Counter,
     guarded: bool,
+    /// Dynamic users for jobs that name none (a root server with `isolation.dynamic_users`).
+    users: Option<Arc<DynamicUsers>>,
+    /// The server runs as root: it can empty its jobs' capability bounding sets.
+    root: bool,
 }
 
 /// One job's cgroup and working directory.
@@ -127,7 +133,17 @@ impl Containment {
             (None, _) => warn!("no guardian: if the server crashes, processes of its jobs can outlive it"),
         }
         let work_root = WorkRoot::prepare(&config.work_root, &instance)?;
-        Ok(Containment { cgroups, work_root, registry, populated_after_end, guarded: guardian.is_some() })
+        let root = nix::unistd::geteuid().is_root();
+        let users = (root && config.isolation.dynamic_users).then(|| {
+            let (first, last) = config.isolation.dynamic_user_range;
+            DynamicUsers::new(first, last)
+        });
+        match &users {
+            Some(users) => info!(range = %users.describe(), "jobs that name no user run as dynamic users"),
+            None if root => warn!("dynamic users are off: jobs that name no user run as root (without capabilities)"),
+            None => info!("the server is not root: jobs run as its user"),
+        }
+        Ok(Containment { cgroups, work_root, registry, populated_after_end, guarded: guardian.is_some(), users, root })
     }
 
     /// Whether workers must announce their sessions to the guardian (fallback mode with a guardian).
@@ -142,12 +158,32 @@ impl Containment {
             (true, true) => "the guardian DIED: a crash of the server leaves jobs' processes until the next start",
             (true, false) => "a guardian kills them if the server dies",
         };
+        let privileges = match (&self.users, self.root) {
+            (Some(users), _) => format!(
+                "jobs run as dynamic users {} (or their catalog user), with no_new_privs and no capabilities",
+                users.describe()
+            ),
+            (None, true) => {
+                "jobs run as root (dynamic users off) or their catalog user, with no_new_privs and no capabilities"
+                    .to_string()
+            }
+            (None, false) => "jobs run as the server's user, with no_new_privs".to_string(),
+        };
         match &self.cgroups {
-            Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}", tree.describe())),
+            Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}; {privileges}", tree.describe())),
             None => (
                 pb::ContainmentMode::ProcessGroup,
-                format!("process groups and subreaper sweeps; {guardian} (their sessions and groups)"),
+                format!("process groups and subreaper sweeps; {guardian} (their sessions and groups); {privileges}"),
             ),
+        }
+    }
+
+    /// A dynamic user for a job that names none (`None` when it names one, or dynamic users are off). Every uid
+    /// of the range in use is `EAGAIN` (`RESOURCE_EXHAUSTED`).
+    pub(crate) fn dynamic_user(&self, plan: &JobPlan) -> io::Result<Option<DynamicUser>> {
+        match (&self.users, plan.ids) {
+            (Some(users), None) => users.allocate().map(Some).ok_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)),
+            _ => Ok(None),
         }
     }
 
@@ -191,6 +227,7 @@ impl Containment {
             .join_cgroups(&v1_procs)?
             .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids)
+            .privileges(self.root, plan.keep_capabilities)
             .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
     }
 

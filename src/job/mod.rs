@@ -238,7 +238,8 @@ impl Jobs {
     {
         let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
         let peer = call.peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-        let span = info_span!("job", job_id = %id, job = %call.plan.name, %peer, pid = field::Empty);
+        let span =
+            info_span!("job", job_id = %id, job = %call.plan.name, %peer, pid = field::Empty, uid = field::Empty);
         self.run_call(id, call).instrument(span).await;
     }
 
@@ -247,9 +248,24 @@ impl Jobs {
         S: Stream<Item = Result<pb::ExecuteRequest, tonic::Status>> + Unpin + Send + 'static,
     {
         // The terminal permit (if any) is held to the end of the call, and given back before its slot.
-        let Call { plan, mut admission, terminal: terminal_permit, mut requests, events, cancelled, deadline, .. } =
-            call;
+        let Call {
+            mut plan, mut admission, terminal: terminal_permit, mut requests, events, cancelled, deadline, ..
+        } = call;
         let accepted = Instant::now();
+        // A job that names no user gets a uid of its own for its whole call (its files and terminal are its).
+        let _dynamic_user = match self.containment.dynamic_user(&plan) {
+            Ok(user) => {
+                if let Some(user) = &user {
+                    plan.ids = Some(user.ids());
+                    tracing::Span::current().record("uid", user.ids().0);
+                }
+                user
+            }
+            Err(e) => {
+                warn!(error = %e, "no dynamic user is free");
+                return self.send(&events, Err(JobError::Containment(e))).await;
+            }
+        };
         // A call with input files uploads them first (staged: no slot, no queue place), then queues.
         let mut staged = None;
         if let Admission::Staging(staging) = admission {

@@ -184,6 +184,8 @@ async fn no_path_leads_out_of_the_job_directory() {
     // A file outside the directory, on the same filesystem, for the hard link.
     let outside = work_root.join("outside-secret");
     std::fs::write(&outside, b"SECRET").expect("write");
+    // Writable by all, so the kernel lets even a dynamic user link it (fs.protected_hardlinks).
+    std::fs::set_permissions(&outside, std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod");
     let script = format!(
         "ln -s /etc/passwd link; mkdir d; ln -s / d/root; mkfifo fifo; ln {outside} hard; mkdir dir; \
          ln -s /etc etc; echo ok > real",
@@ -329,7 +331,8 @@ async fn catalog_jobs_take_files_only_when_configured() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outputs_after_a_timeout_and_after_the_directory_is_gone() {
-    let (server, _) = server_with("endings", "");
+    // Dynamic users off: only a job running as root can remove its own directory.
+    let (server, _) = server_with("endings", "[isolation]\ndynamic_users = false\n");
     let mut client = server.client().await;
     let start = pb::StartJob {
         timeout: duration(Duration::from_secs(2)),

@@ -106,3 +106,77 @@ async fn long_jobs_outlive_idle_runtime_threads() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(out.reason(), Some(pb::ExitReason::Exited));
 }
+
+/// The lines of `/proc/self/status` about privileges, as a job prints them.
+const PRIVILEGES: &str = "grep -E '^(Uid|NoNewPrivs|CapEff|CapBnd|CapAmb):' /proc/self/status";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cannot_signal_the_server_or_read_what_it_was_not_given() {
+    if !tool(nix::unistd::geteuid().is_root(), "a root server (dynamic users)") {
+        return;
+    }
+    // A file only root may read, like the server's TLS key.
+    let secret = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("secret-{}", std::process::id()));
+    std::fs::write(&secret, "TOP SECRET").expect("write");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let mut server = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = server.client().await;
+    // Job A keeps a file in its private directory.
+    let mut a = OpenCall::open(&mut client, sh("echo mine > private; echo \"$HOME $(id -u)\"; echo ready; sleep 1000"))
+        .await
+        .expect("open");
+    let a_pid = a.started().await;
+    a.wait_stdout("ready").await;
+    let first = a.outcome.stdout_text();
+    let (a_home, a_uid) = first.lines().next().and_then(|l| l.split_once(' ')).expect("home and uid");
+    // Job B tries everything a hostile script would.
+    let script = format!(
+        "kill -9 {server} && echo KILLED-SERVER; pkill -9 -x forkpool && echo PKILLED; cat {secret} && echo READ-SECRET; \
+         ls {a_home} && echo LISTED-OTHER; cat {a_home}/private && echo READ-OTHER; kill -9 {a_pid} && echo KILLED-OTHER; \
+         {PRIVILEGES}; echo uid=$(id -u)",
+        server = server.pid,
+        secret = secret.display(),
+    );
+    let out = run(&mut client, sh(&script)).await;
+    let text = out.stdout_text();
+    for forbidden in
+        ["KILLED-SERVER", "PKILLED", "READ-SECRET", "TOP SECRET", "LISTED-OTHER", "READ-OTHER", "KILLED-OTHER"]
+    {
+        assert!(!text.contains(forbidden), "{forbidden}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for line in
+        ["NoNewPrivs:\t1", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000"]
+    {
+        assert!(text.contains(line), "{line:?} missing: {text}");
+    }
+    let b_uid = text.lines().find_map(|l| l.strip_prefix("uid=")).expect("uid");
+    assert_ne!(b_uid, a_uid, "two running jobs share a uid");
+    assert_ne!(b_uid, "0");
+    assert!(server.is_running(), "a job killed the server");
+    assert!(proc_info(a_pid).is_some(), "a job killed another job");
+    drop(a);
+    assert_serving(&mut client).await;
+    let _ = std::fs::remove_file(&secret);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_job_has_no_capabilities_but_those_its_entry_keeps() {
+    if !tool(nix::unistd::geteuid().is_root(), "a root server") {
+        return;
+    }
+    let catalog = format!(
+        "allow_raw_commands = true\n[isolation]\ndynamic_users = false\n[[job]]\nname = \"bind\"\ncommand = [\"sh\", \"-c\", \"{PRIVILEGES}\"]\nkeep_capabilities = [\"CAP_NET_BIND_SERVICE\"]\n"
+    );
+    let server = TestServer::with_config(&catalog, &[]);
+    let mut client = server.client().await;
+    let raw = run(&mut client, sh(PRIVILEGES)).await.stdout_text();
+    assert!(raw.contains("Uid:\t0\t0\t0\t0"), "{raw}");
+    assert!(raw.contains("CapEff:\t0000000000000000") && raw.contains("NoNewPrivs:\t1"), "{raw}");
+    let kept = run(&mut client, job("bind", &[])).await.stdout_text();
+    assert!(kept.contains("CapEff:\t0000000000000400") && kept.contains("CapBnd:\t0000000000000400"), "{kept}");
+    // A setuid binary cannot raise a job's privileges (no_new_privs).
+    let su = run(&mut client, sh("ping -c1 -W1 127.0.0.1 >/dev/null 2>&1; grep NoNewPrivs /proc/self/status")).await;
+    assert!(su.stdout_text().contains("NoNewPrivs:\t1"), "{su:?}");
+    let status = get_status(&mut client).await;
+    assert!(status.containment_detail.contains("no_new_privs and no capabilities"), "{}", status.containment_detail);
+}

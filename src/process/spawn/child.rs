@@ -25,6 +25,10 @@ pub(super) struct ChildPlan {
     pub(super) rlimits: *const (libc::c_int, u64),
     pub(super) rlimit_count: usize,
     pub(super) ids: Option<(u32, u32)>,
+    /// Empty the capability bounding set, but for `keep_caps` (bit N = capability N), up to `cap_last`.
+    pub(super) drop_capabilities: bool,
+    pub(super) keep_caps: u64,
+    pub(super) cap_last: libc::c_int,
     pub(super) stdio: [RawFd; 3],
     /// A terminal job's pty slave, made the controlling terminal of the worker's new session; -1 otherwise.
     pub(super) ctty: RawFd,
@@ -40,7 +44,7 @@ pub(super) struct ChildPlan {
 }
 
 /// The setup steps in the child, in order; a failure reports its index.
-pub(super) const STEPS: [&str; 11] = [
+pub(super) const STEPS: [&str; 12] = [
     "setsid",
     "set the controlling terminal",
     "set the parent-death signal",
@@ -48,6 +52,7 @@ pub(super) const STEPS: [&str; 11] = [
     "join the job's cgroup",
     "set resource limits",
     "change to the working directory",
+    "restrict privileges",
     "switch user",
     "set up stdio",
     "close fds",
@@ -169,7 +174,7 @@ fn clone3(_: &ChildPlan, _: &mut [u8], _: RawFd, _: *mut libc::c_int) -> Result<
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, getppid, open, write, close, setrlimit,
+/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, prctl, getppid, open, write, close, setrlimit,
 /// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
 /// _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
@@ -231,7 +236,23 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
             fail(plan.report, 6);
         }
-        // 7. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
+        // 7. No privilege can be gained from here on (setuid binaries, file capabilities), and, from a root
+        //    server, none kept but what the job's config names: the bounding set limits what even a root job
+        //    gets at exec. Needs CAP_SETPCAP, so before the user switch.
+        if plan.drop_capabilities {
+            for cap in 0..=plan.cap_last {
+                let kept = cap < 64 && plan.keep_caps & (1u64 << cap) != 0;
+                if !kept && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                    fail(plan.report, 7);
+                }
+            }
+            // Kernels before 4.3 have no ambient set (EINVAL): nothing to clear.
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
+            fail(plan.report, 7);
+        }
+        // 8. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
         //    thread of the (shared-memory) parent.
         if let Some((uid, gid)) = plan.ids {
             let groups = [gid];
@@ -239,30 +260,30 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
             {
-                fail(plan.report, 7);
+                fail(plan.report, 8);
             }
         }
-        // 8. stdin/stdout/stderr from the pipes (or all three the pty slave). dup2 clears close-on-exec on the
+        // 9. stdin/stdout/stderr from the pipes (or all three the pty slave). dup2 clears close-on-exec on the
         //    copy.
         for (target, fd) in (0..).zip(plan.stdio) {
             let ok = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, target) >= 0 };
             if !ok {
-                fail(plan.report, 8);
+                fail(plan.report, 9);
             }
         }
-        // 9. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
+        // 10. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
         //    pipe usable until the exec itself closes it.
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
         if marked < 0 && !close_fds_slowly(plan.report, plan.fd_limit) {
-            fail(plan.report, 9);
+            fail(plan.report, 10);
         }
-        // 10. Unblock everything (dispositions are all default now) and exec.
+        // 11. Unblock everything (dispositions are all default now) and exec.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(plan.program, plan.argv, plan.envp);
-        fail(plan.report, 10)
+        fail(plan.report, 11)
     }
 }
 

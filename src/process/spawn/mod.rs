@@ -67,6 +67,9 @@ pub(crate) struct Command {
     rlimits: Vec<(libc::c_int, u64)>,
     ids: Option<(u32, u32)>,
     terminal: Option<TerminalSpec>,
+    /// Empty the bounding set (but for `keep_caps`): only a root server can.
+    drop_capabilities: bool,
+    keep_caps: u64,
 }
 
 impl Command {
@@ -100,6 +103,8 @@ impl Command {
             rlimits: Vec::new(),
             ids: None,
             terminal: None,
+            drop_capabilities: false,
+            keep_caps: 0,
         })
     }
 
@@ -140,11 +145,27 @@ impl Command {
         self
     }
 
+    /// Sets `no_new_privs` (always) and, if `drop_capabilities` (a root server), empties the capability bounding
+    /// set but for `keep` (bit N = capability N) and clears the ambient set, before the user is switched.
+    pub(crate) fn privileges(mut self, drop_capabilities: bool, keep: u64) -> Self {
+        self.drop_capabilities = drop_capabilities;
+        self.keep_caps = keep;
+        self
+    }
+
     /// Runs the worker under a new pseudo-terminal (its stdio and controlling terminal) instead of pipes.
     pub(crate) fn terminal(mut self, terminal: Option<TerminalSpec>) -> Self {
         self.terminal = terminal;
         self
     }
+}
+
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`), read once.
+fn cap_last() -> libc::c_int {
+    static LAST: std::sync::OnceLock<libc::c_int> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
+    })
 }
 
 fn path_cstring(path: &Path) -> Result<CString, SpawnError> {
@@ -425,6 +446,9 @@ fn spawn_one(
         rlimits: command.rlimits.as_ptr(),
         rlimit_count: command.rlimits.len(),
         ids: command.ids,
+        drop_capabilities: command.drop_capabilities,
+        keep_caps: command.keep_caps,
+        cap_last: cap_last(),
         stdio: child_stdio,
         ctty,
         report: report_w.as_raw_fd(),
