@@ -10,14 +10,14 @@ pub struct Isolation {
     /// When the server runs as root, a job that names no `user` runs as a dynamic user: a uid (and gid of the
     /// same number) from `dynamic_user_range`, distinct per concurrent job, like systemd's `DynamicUser`.
     pub dynamic_users: bool,
-    /// `[first, last]` uids (inclusive) for dynamic users. The default range lies above what systemd hands out
-    /// to its own dynamic users (61184–65519) and to most container ranges.
+    /// `[first, last]` uids (inclusive) for dynamic users. The default, 1879048192–1879113727, lies in a range
+    /// systemd leaves unused (above its per-container ranges, below its foreign-image range 2147352576…).
     pub dynamic_user_range: (u32, u32),
 }
 
 impl Default for Isolation {
     fn default() -> Self {
-        Isolation { dynamic_users: true, dynamic_user_range: (2_147_352_576, 2_147_418_111) }
+        Isolation { dynamic_users: true, dynamic_user_range: (1_879_048_192, 1_879_113_727) }
     }
 }
 

@@ -224,6 +224,13 @@ impl Config {
             return invalid("upload_idle_timeout must be positive".into());
         }
         self.isolation.validate().or_else(invalid)?;
+        let (first, last) = self.isolation.dynamic_user_range;
+        if (u64::from(last - first) + 1) < (self.worker_count() + self.queue) as u64 {
+            return invalid(format!(
+                "isolation.dynamic_user_range holds fewer uids than workers + queue ({})",
+                self.worker_count() + self.queue
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for job in &self.jobs {
             if job.name.is_empty() || job.name.contains('\0') {
@@ -249,6 +256,16 @@ impl Config {
             }
             if let Err(m) = isolation::capability_mask(&job.keep_capabilities) {
                 return invalid(format!("job `{}`: {m}", job.name));
+            }
+            let runs_as_root = match job.user.as_deref() {
+                Some(user) => user == "root" || user == "0",
+                None => !self.isolation.dynamic_users,
+            };
+            if !job.keep_capabilities.is_empty() && !runs_as_root {
+                return invalid(format!(
+                    "job `{}` keeps capabilities, which only a job running as root can use: set user = \"root\"",
+                    job.name
+                ));
             }
             for key in &job.allowed_env {
                 check_env_entry(key, "").or_else(|m| invalid(format!("job `{}`: allowed_env: {m}", job.name)))?;

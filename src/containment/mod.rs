@@ -50,8 +50,8 @@ pub(crate) struct Containment {
     guarded: bool,
     /// Dynamic users for jobs that name none (a root server with `isolation.dynamic_users`).
     users: Option<Arc<DynamicUsers>>,
-    /// The server runs as root: it can empty its jobs' capability bounding sets.
-    root: bool,
+    /// The server can empty its jobs' capability bounding sets (it has CAP_SETPCAP).
+    drops_capabilities: bool,
 }
 
 /// One job's cgroup and working directory.
@@ -134,16 +134,43 @@ impl Containment {
         }
         let work_root = WorkRoot::prepare(&config.work_root, &instance)?;
         let root = nix::unistd::geteuid().is_root();
-        let users = (root && config.isolation.dynamic_users).then(|| {
-            let (first, last) = config.isolation.dynamic_user_range;
-            DynamicUsers::new(first, last)
-        });
+        let (first, last) = config.isolation.dynamic_user_range;
+        let mapped = users::range_is_mapped(first, last);
+        let users = (root && config.isolation.dynamic_users && mapped).then(|| DynamicUsers::new(first, last));
         match &users {
             Some(users) => info!(range = %users.describe(), "jobs that name no user run as dynamic users"),
+            None if root && config.isolation.dynamic_users => warn!(
+                first,
+                last,
+                "dynamic users are off: the range is not mapped in this user namespace (/proc/self/uid_map); jobs \
+                 that name no user run as root (without capabilities)"
+            ),
             None if root => warn!("dynamic users are off: jobs that name no user run as root (without capabilities)"),
             None => info!("the server is not root: jobs run as its user"),
         }
-        Ok(Containment { cgroups, work_root, registry, populated_after_end, guarded: guardian.is_some(), users, root })
+        if users.is_some()
+            && let Some(closed) = users::closed_ancestor(&config.work_root)
+        {
+            warn!(
+                work_root = %config.work_root.display(), closed = %closed.display(),
+                "other users cannot pass this directory: jobs running as dynamic users cannot enter their working \
+                 directories (give it o+x, or move work_root)"
+            );
+        }
+        // Emptying a job's bounding set needs CAP_SETPCAP (a root server in a container may lack it).
+        let can_drop = users::has_effective_capability(8);
+        if root && !can_drop {
+            warn!("the server lacks CAP_SETPCAP: jobs keep the server's capability bounding set");
+        }
+        Ok(Containment {
+            cgroups,
+            work_root,
+            registry,
+            populated_after_end,
+            guarded: guardian.is_some(),
+            users,
+            drops_capabilities: can_drop,
+        })
     }
 
     /// Whether workers must announce their sessions to the guardian (fallback mode with a guardian).
@@ -158,17 +185,14 @@ impl Containment {
             (true, true) => "the guardian DIED: a crash of the server leaves jobs' processes until the next start",
             (true, false) => "a guardian kills them if the server dies",
         };
-        let privileges = match (&self.users, self.root) {
-            (Some(users), _) => format!(
-                "jobs run as dynamic users {} (or their catalog user), with no_new_privs and no capabilities",
-                users.describe()
-            ),
-            (None, true) => {
-                "jobs run as root (dynamic users off) or their catalog user, with no_new_privs and no capabilities"
-                    .to_string()
-            }
-            (None, false) => "jobs run as the server's user, with no_new_privs".to_string(),
+        let who = match (&self.users, nix::unistd::geteuid().is_root()) {
+            (Some(users), _) => format!("jobs run as dynamic users {} (or their catalog user)", users.describe()),
+            (None, true) => "jobs run as root (dynamic users off) or their catalog user".to_string(),
+            (None, false) => "jobs run as the server's user".to_string(),
         };
+        let capabilities =
+            if self.drops_capabilities { "no capabilities" } else { "the server's capability bounding set" };
+        let privileges = format!("{who}, with no_new_privs and {capabilities}");
         match &self.cgroups {
             Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}; {privileges}", tree.describe())),
             None => (
@@ -179,10 +203,15 @@ impl Containment {
     }
 
     /// A dynamic user for a job that names none (`None` when it names one, or dynamic users are off). Every uid
-    /// of the range in use is `EAGAIN` (`RESOURCE_EXHAUSTED`).
+    /// of the range in use is `QuotaExceeded` (`RESOURCE_EXHAUSTED`).
     pub(crate) fn dynamic_user(&self, plan: &JobPlan) -> io::Result<Option<DynamicUser>> {
         match (&self.users, plan.ids) {
-            (Some(users), None) => users.allocate().map(Some).ok_or_else(|| io::Error::from_raw_os_error(libc::EAGAIN)),
+            (Some(users), None) => users.allocate().map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    format!("every dynamic user of the range {} is in use", users.describe()),
+                )
+            }),
             _ => Ok(None),
         }
     }
@@ -227,7 +256,7 @@ impl Containment {
             .join_cgroups(&v1_procs)?
             .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids)
-            .privileges(self.root, plan.keep_capabilities)
+            .privileges(self.drops_capabilities, plan.keep_capabilities)
             .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
     }
 

@@ -45,9 +45,15 @@ impl Drop for DynamicUser {
 }
 
 impl DynamicUsers {
-    /// Uids `first..=last`.
+    /// Uids `first..=last`, handed out from a point that differs at each start (a process or a file an earlier
+    /// server's job left behind is unlikely to meet a job with its uid soon).
     pub(crate) fn new(first: u32, last: u32) -> Arc<Self> {
-        Arc::new(DynamicUsers { first, last, state: Mutex::new(State { next: first, in_use: BTreeSet::new() }) })
+        let size = u64::from(last - first) + 1;
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()).rotate_left(32);
+        let next = first + (seed % size) as u32;
+        Arc::new(DynamicUsers { first, last, state: Mutex::new(State { next, in_use: BTreeSet::new() }) })
     }
 
     /// `first-last`, for logs and `GetStatus`.
@@ -72,6 +78,36 @@ impl DynamicUsers {
     }
 }
 
+/// Whether uids `first..=last` all map to real uids in this user namespace (`/proc/self/uid_map`: a server
+/// in a user namespace, rootless Podman say, can only switch to mapped uids).
+pub(crate) fn range_is_mapped(first: u32, last: u32) -> bool {
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else { return true };
+    map.lines().any(|line| {
+        let numbers: Vec<u64> = line.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        matches!(numbers.as_slice(), [inside, _, count] if *inside <= u64::from(first) && u64::from(last) < inside + count)
+    })
+}
+
+/// The first directory on the way to `path` that other users cannot pass (no `o+x`): dynamic users could not
+/// reach their working directories below it.
+pub(crate) fn closed_ancestor(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(std::path::Path::to_path_buf)
+}
+
+/// Whether this process has capability `cap` in its effective set (`/proc/self/status`, `CapEff`).
+pub(crate) fn has_effective_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << cap) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +115,7 @@ mod tests {
     #[test]
     fn uids_are_distinct_while_held_and_come_back_round_robin() {
         let users = DynamicUsers::new(5000, 5002);
+        users.state.lock().expect("state").next = 5000;
         let a = users.allocate().expect("a");
         let b = users.allocate().expect("b");
         let c = users.allocate().expect("c");

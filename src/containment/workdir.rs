@@ -61,6 +61,8 @@ impl WorkRoot {
         std::fs::rename(&making, &lock_file)?;
         let dir = base.join(instance);
         std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
+        // Whatever the umask: jobs running as other users must traverse it to reach their own directories.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         Ok(WorkRoot { dir, lock_file, _lock: held })
     }
 

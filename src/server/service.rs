@@ -236,7 +236,11 @@ fn job_status(e: JobError) -> Status {
 
 /// Whether an OS error says a resource limit was hit (what `SpawnError::Resources` means for a spawn).
 fn is_resource_limit(e: &std::io::Error) -> bool {
-    matches!(crate::containment::cgroup::os_error(e), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN))
+    e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(
+            crate::containment::cgroup::os_error(e),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+        )
 }
 
 /// The call's deadline from the `grpc-timeout` header (`<= 8 digits><H|M|S|m|u|n>`). tonic enforces it only

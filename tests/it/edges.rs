@@ -420,7 +420,7 @@ async fn logs_written_to_a_file_have_no_colour_codes_and_plain_peers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renamed_server_sharing_the_work_root_and_cgroup_root_is_recognised_as_alive() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("liveness-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("forkpool-test-liveness-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let renamed = dir.join("jobrunner");

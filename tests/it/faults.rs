@@ -130,7 +130,7 @@ async fn the_cgroup_tree_removed_underneath_is_made_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_working_directory_filesystem_gives_a_clear_error_and_leaks_nothing() {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("full-fs-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!("forkpool-test-full-fs-{}", std::process::id()));
     std::fs::create_dir_all(&base).expect("dir");
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=32", "tmpfs", base.to_str().expect("utf8")])

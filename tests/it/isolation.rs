@@ -115,10 +115,19 @@ async fn a_job_cannot_signal_the_server_or_read_what_it_was_not_given() {
     if !tool(nix::unistd::geteuid().is_root(), "a root server (dynamic users)") {
         return;
     }
-    // A file only root may read, like the server's TLS key.
-    let secret = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("secret-{}", std::process::id()));
+    use std::os::unix::fs::PermissionsExt;
+    // A file only root may read, like the server's TLS key; beside it, one anybody may (the control); and a
+    // setuid-root copy of `id`.
+    let dir = std::env::temp_dir().join(format!("forkpool-test-isolation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).expect("chmod");
+    let secret = dir.join("secret");
     std::fs::write(&secret, "TOP SECRET").expect("write");
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::write(dir.join("public"), "PUBLIC").expect("write");
+    std::fs::set_permissions(dir.join("public"), PermissionsExt::from_mode(0o644)).expect("chmod");
+    std::fs::copy("/usr/bin/id", dir.join("suid-id")).expect("copy id");
+    std::fs::set_permissions(dir.join("suid-id"), PermissionsExt::from_mode(0o4755)).expect("setuid");
     let mut server = TestServer::start(&["--allow-raw-commands"]);
     let mut client = server.client().await;
     // Job A keeps a file in its private directory.
@@ -131,17 +140,17 @@ async fn a_job_cannot_signal_the_server_or_read_what_it_was_not_given() {
     let (a_home, a_uid) = first.lines().next().and_then(|l| l.split_once(' ')).expect("home and uid");
     // Job B tries everything a hostile script would.
     let script = format!(
-        "kill -9 {server} && echo KILLED-SERVER; pkill -9 -x forkpool && echo PKILLED; cat {secret} && echo READ-SECRET; \
-         ls {a_home} && echo LISTED-OTHER; cat {a_home}/private && echo READ-OTHER; kill -9 {a_pid} && echo KILLED-OTHER; \
-         {PRIVILEGES}; echo uid=$(id -u)",
+        "kill -9 {server} && echo KILLED-SERVER; pkill -9 -x forkpool; cat {secret} && echo READ-SECRET; \
+         cat {dir}/public; echo; ls {a_home} && echo LISTED-OTHER; cat {a_home}/private && echo READ-OTHER; \
+         kill -9 {a_pid} && echo KILLED-OTHER; echo setuid=$({dir}/suid-id -u); {PRIVILEGES}; echo uid=$(id -u)",
         server = server.pid,
         secret = secret.display(),
+        dir = dir.display(),
     );
     let out = run(&mut client, sh(&script)).await;
     let text = out.stdout_text();
-    for forbidden in
-        ["KILLED-SERVER", "PKILLED", "READ-SECRET", "TOP SECRET", "LISTED-OTHER", "READ-OTHER", "KILLED-OTHER"]
-    {
+    assert!(text.contains("PUBLIC"), "the control file was not readable: {text}");
+    for forbidden in ["KILLED-SERVER", "READ-SECRET", "TOP SECRET", "LISTED-OTHER", "READ-OTHER", "KILLED-OTHER"] {
         assert!(!text.contains(forbidden), "{forbidden}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
     for line in
@@ -150,13 +159,15 @@ async fn a_job_cannot_signal_the_server_or_read_what_it_was_not_given() {
         assert!(text.contains(line), "{line:?} missing: {text}");
     }
     let b_uid = text.lines().find_map(|l| l.strip_prefix("uid=")).expect("uid");
+    // The setuid bit gives nothing (no_new_privs).
+    assert_eq!(text.lines().find_map(|l| l.strip_prefix("setuid=")), Some(b_uid), "{text}");
     assert_ne!(b_uid, a_uid, "two running jobs share a uid");
     assert_ne!(b_uid, "0");
     assert!(server.is_running(), "a job killed the server");
     assert!(proc_info(a_pid).is_some(), "a job killed another job");
     drop(a);
     assert_serving(&mut client).await;
-    let _ = std::fs::remove_file(&secret);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,9 +185,6 @@ async fn a_root_job_has_no_capabilities_but_those_its_entry_keeps() {
     assert!(raw.contains("CapEff:\t0000000000000000") && raw.contains("NoNewPrivs:\t1"), "{raw}");
     let kept = run(&mut client, job("bind", &[])).await.stdout_text();
     assert!(kept.contains("CapEff:\t0000000000000400") && kept.contains("CapBnd:\t0000000000000400"), "{kept}");
-    // A setuid binary cannot raise a job's privileges (no_new_privs).
-    let su = run(&mut client, sh("ping -c1 -W1 127.0.0.1 >/dev/null 2>&1; grep NoNewPrivs /proc/self/status")).await;
-    assert!(su.stdout_text().contains("NoNewPrivs:\t1"), "{su:?}");
     let status = get_status(&mut client).await;
     assert!(status.containment_detail.contains("no_new_privs and no capabilities"), "{}", status.containment_detail);
 }

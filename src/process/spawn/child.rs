@@ -174,7 +174,7 @@ fn clone3(_: &ChildPlan, _: &mut [u8], _: RawFd, _: *mut libc::c_int) -> Result<
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, prctl, getppid, open, write, close, setrlimit,
+/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, capget, capset, getppid, open, write, close, setrlimit,
 /// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
 /// _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
@@ -243,11 +243,25 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             for cap in 0..=plan.cap_last {
                 let kept = cap < 64 && plan.keep_caps & (1u64 << cap) != 0;
                 if !kept && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                    // Past the kernel's last capability: done.
+                    if *libc::__errno_location() == libc::EINVAL {
+                        break;
+                    }
                     fail(plan.report, 7);
                 }
             }
-            // Kernels before 4.3 have no ambient set (EINVAL): nothing to clear.
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        }
+        //    The inheritable and ambient sets need no privilege to shrink, and could hand capabilities to a root
+        //    job at exec whatever the bounding set says (kernels before 4.3 have no ambient set: EINVAL).
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        let mut header = CapHeader { version: 0x2008_0522, pid: 0 };
+        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        if libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) == 0 {
+            data[0].inheritable &= plan.keep_caps as u32;
+            data[1].inheritable &= (plan.keep_caps >> 32) as u32;
+            if libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) < 0 {
+                fail(plan.report, 7);
+            }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
             fail(plan.report, 7);
@@ -285,6 +299,22 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         libc::execve(plan.program, plan.argv, plan.envp);
         fail(plan.report, 11)
     }
+}
+
+/// The kernel's `struct __user_cap_header_struct` (version 3: two data words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// The kernel's `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 /// Sets `sig` to its default disposition with the raw syscall: the C library's `sigaction` refuses the

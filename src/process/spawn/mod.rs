@@ -411,6 +411,13 @@ fn spawn_one(
                 // when filled). Best effort: the system limit may be lower.
                 let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
             }
+            // The job's ends belong to the job's user, as a terminal would: pipes are 0600, and a job reopening
+            // its stdio by name (`/dev/stderr`, `/proc/self/fd/1`) must be allowed to.
+            if let Some((uid, gid)) = command.ids {
+                for end in [&stdin_r, &stdout_w, &stderr_w] {
+                    nix::unistd::fchown(end, Some(uid.into()), Some(gid.into())).map_err(SpawnError::Resources)?;
+                }
+            }
             let io = WorkerIo::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
             let stdio = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
             (io, vec![stdin_r, stdout_w, stderr_w], stdio, -1)

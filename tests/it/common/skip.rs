@@ -74,8 +74,9 @@ impl Mode {
 
 /// A fresh working-directory root for the test `name` in `mode`.
 pub fn fresh_work_root(prefix: &str, name: &str, mode: Mode) -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{prefix}-{name}-{mode:?}-{}", std::process::id()));
+    // Under the system's temporary directory, not the checkout: jobs run as dynamic users, who must be able to
+    // reach their directories (a checkout under /root is not reachable).
+    let dir = std::env::temp_dir().join(format!("forkpool-test-{prefix}-{name}-{mode:?}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir.join("work")
 }
