@@ -14,6 +14,7 @@
 use clap::Parser;
 
 mod files;
+mod isolation;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -636,6 +637,29 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
     }
     eprintln!("  memory done");
     drop(server);
+
+    // Isolation: a root server runs jobs as dynamic users by default; the same server with them off.
+    if nix::unistd::geteuid().is_root() {
+        let config = isolation::config_without_dynamic_users()?;
+        let config_arg = config.display().to_string();
+        let dynamic = BenchServer::start(&["--workers", "4"], &options.server_args)?;
+        let root = BenchServer::start(&["--workers", "4", "--config", &config_arg], &options.server_args)?;
+        let (mut on, mut off) = (vec![], vec![]);
+        for _ in 0..reps {
+            on.push(p50_p99(start_latency(&dynamic, sizes.latency_runs).await?).0);
+            off.push(p50_p99(start_latency(&root, sizes.latency_runs).await?).0);
+        }
+        let (on, off) = (median_duration(on), median_duration(off));
+        rows.push(Row {
+            figure: "start latency p50, dynamic users on (default) vs off".into(),
+            forkpool: format!("{} with, {} without", ms(on), ms(off)),
+            floor: "—".into(),
+            ratio: format!("{:.2}×", on.as_secs_f64() / off.as_secs_f64()),
+            target: "≤ 1.1×".into(),
+        });
+        let _ = std::fs::remove_file(&config);
+        eprintln!("  isolation done");
+    }
 
     let small = BenchServer::start(&["--workers", "4"], &options.server_args)?;
     let large = BenchServer::large(sizes.ballast, &options.server_args)?;

@@ -12,11 +12,13 @@
 //!    built). The first request must be `start`; [`config`] turns it into a validated [`config::JobPlan`]
 //!    (catalog job or raw command, environment, timeout, kill grace, limits).
 //! 2. [`job::pool`] admits the call: a free worker slot, a place in the FIFO queue (the client sees `queued`
-//!    events with its position), or `RESOURCE_EXHAUSTED`.
-//! 3. [`job`] owns the rest of the call. With a slot, [`containment`] makes the job's cgroup and private
-//!    directory, and [`process::spawn`] starts the worker: a long-lived spawner thread (so
+//!    events with its position), or `RESOURCE_EXHAUSTED`. A call with input files is staged first: it
+//!    uploads them into its private directory holding no slot, then queues.
+//! 3. [`job`] owns the rest of the call. A job that names no user gets a dynamic user of its own
+//!    ([`containment::users`]). With a slot, [`containment`] makes the job's cgroup and private directory,
+//!    and [`process::spawn`] starts the worker: a long-lived spawner thread (so
 //!    `PR_SET_PDEATHSIG` means "the server died") clones a child that is born in the job's cgroup, sets it up
-//!    with async-signal-safe calls only, and execs. The kernel hands the child's pid to the
+//!    with async-signal-safe calls only (no privilege gained from then on, none kept), and execs. The kernel hands the child's pid to the
 //!    [`process::registry`] before the child runs. A terminal job's pty pair is opened there too, and its
 //!    slave becomes the child's stdio and controlling terminal.
 //! 4. [`job::stdio`] pumps the worker's stdout and stderr (or its terminal) into bounded chunks
@@ -28,8 +30,9 @@
 //! 6. The [`process::reaper`], the only caller of `wait4` (the server is a child subreaper), collects the
 //!    worker, kills what is left of its group while the zombie still pins the group id, and reaps every
 //!    orphan, attributing it to its job. [`containment`] kills whatever escaped (the whole cgroup), waits
-//!    until all of it is reaped, and removes the cgroup and directory. [`job`] sends exactly one `exited`
-//!    event (or one error status).
+//!    until all of it is reaped. [`job`] sends the requested output files ([`containment::jobdir`] reads
+//!    them without ever leaving the directory), then exactly one `exited` event (or one error status), and
+//!    removes the cgroup and directory.
 //!
 //! Should the server die instead, [`containment::guardian`] kills every job's processes within a second.
 //!

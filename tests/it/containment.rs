@@ -364,3 +364,41 @@ async fn in_a_delegated_cgroup_the_server_moves_into_a_leaf_and_jobs_go_beside_i
     assert!(wait_until(Duration::from_secs(3), || std::fs::remove_dir(delegated.join("server")).is_ok()));
     std::fs::remove_dir(&delegated).expect("remove the delegated cgroup");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_another_cgroup_root_leaves_a_live_servers_v1_cgroups_alone() {
+    // Hybrid hosts only: the v1 memory hierarchy both servers share.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(path) = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())) else {
+        eprintln!("SKIPPED: no v1 memory hierarchy here");
+        return;
+    };
+    let v1 = PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')).join("forkpool");
+    let a = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = a.client().await;
+    if !cgroup_mode(&get_status(&mut client).await, "v1 neighbours") {
+        return;
+    }
+    let prefix = format!("instance-{}-", a.pid);
+    let mut a_v1 = None;
+    wait_until(Duration::from_secs(5), || {
+        a_v1 = std::fs::read_dir(&v1)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path());
+        a_v1.is_some()
+    });
+    let Some(a_v1) = a_v1 else {
+        eprintln!("SKIPPED: the server uses no v1 memory hierarchy here");
+        return;
+    };
+    // B cleans what crashed servers left under its own root: A's (idle, empty) v1 instance is not that.
+    let root = test_cgroup_root("v1-neighbour");
+    let b = TestServer::with_config(&format!("cgroup_root = \"{}\"\n", root.display()), &[]);
+    let mut b_client = b.client().await;
+    assert_serving(&mut b_client).await;
+    assert!(a_v1.exists(), "a starting server removed a live server's v1 cgroup {}", a_v1.display());
+    assert_serving(&mut client).await;
+}
