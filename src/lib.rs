@@ -18,7 +18,8 @@
 //!    ([`containment::users`]). With a slot, [`containment`] makes the job's cgroup and private directory,
 //!    and [`process::spawn`] starts the worker: a long-lived spawner thread (so
 //!    `PR_SET_PDEATHSIG` means "the server died") clones a child that is born in the job's cgroup, sets it up
-//!    with async-signal-safe calls only (no privilege gained from then on, none kept), and execs. The kernel hands the child's pid to the
+//!    with async-signal-safe calls only (no privilege gained from then on, no capability kept but those its
+//!    entry names), and execs. The kernel hands the child's pid to the
 //!    [`process::registry`] before the child runs. A terminal job's pty pair is opened there too, and its
 //!    slave becomes the child's stdio and controlling terminal.
 //! 4. [`job::stdio`] pumps the worker's stdout and stderr (or its terminal) into bounded chunks
@@ -42,7 +43,7 @@
 //! |---|---|
 //! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
 //! | [`job`] | one call's life: the pool, supervision (endings decided), stdio and pty pumps, terminals, the report, the counters |
-//! | [`process`] | spawning (the only fork-time and pty unsafe code), the registry, the reaper (the only waiter), killing, `/proc` |
+//! | [`process`] | spawning (the only fork-time unsafe code; pty pairs), the registry, the reaper (the only waiter), killing, `/proc` |
 //! | [`containment`] | cgroups, working directories and the files in them, dynamic users, a crashed server's leftovers, the guardian |
 //! | [`config`] | the file's schema and the catalog, the request plan, limits, units |
 //! | [`cli`] | `forkpool run` (`-t`: under a terminal, the local one raw), `jobs`, `status` and `bench` |

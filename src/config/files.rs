@@ -36,13 +36,6 @@ pub struct FilesPlan {
     pub limits: FileLimits,
 }
 
-impl FilesPlan {
-    /// Whether any input file's content is still to come as `input` chunks.
-    pub fn awaits_chunks(&self) -> bool {
-        self.inputs.iter().any(|i| i.content.is_none() && i.size > 0)
-    }
-}
-
 /// One input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputPlan {
@@ -267,6 +260,5 @@ mod tests {
         assert!(matches!(plan_files(vec![inline], vec![], &limits), Err(PlanError::InvalidArgument(_))));
         let plan = plan_files(vec![file("a", 0)], vec![], &limits).expect("valid").expect("files");
         assert_eq!(plan.inputs[0].mode, 0o644);
-        assert!(!plan.awaits_chunks());
     }
 }

@@ -225,10 +225,11 @@ impl Config {
         }
         self.isolation.validate().or_else(invalid)?;
         let (first, last) = self.isolation.dynamic_user_range;
-        if (u64::from(last - first) + 1) < (self.worker_count() + self.queue) as u64 {
+        // Running, queued and uploading calls each hold one (uploads: up to workers + queue more).
+        let needed = 2 * (self.worker_count() + self.queue) as u64;
+        if u64::from(last - first) + 1 < needed {
             return invalid(format!(
-                "isolation.dynamic_user_range holds fewer uids than workers + queue ({})",
-                self.worker_count() + self.queue
+                "isolation.dynamic_user_range holds fewer uids than 2 × (workers + queue) = {needed}"
             ));
         }
         let mut seen = std::collections::BTreeSet::new();

@@ -61,7 +61,7 @@ pub(crate) struct CgroupTree {
     /// The instance's name, also used in the v1 hierarchies.
     pub(super) instance_name: String,
     /// The open instance directory with our exclusive `flock` on it: the proof that this server is alive.
-    lock: Mutex<Option<OwnedFd>>,
+    lock: Mutex<Vec<OwnedFd>>,
     /// The cgroups above the instance whose `subtree_control` this server may write (its own).
     configurable: Vec<PathBuf>,
     /// Controllers usable in job cgroups of the v2 tree.
@@ -103,6 +103,22 @@ pub(crate) fn os_error(error: &io::Error) -> Option<i32> {
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
     std::fs::write(path, value).map_err(|e| at_path(path, e))
+}
+
+/// Makes `dir` (if a server starting beside us removed it) and locks it. Made, then locked: in between, that
+/// server may take it for a dead one's and remove it, so the lock must be on the directory that is there now,
+/// else it is made again.
+fn hold(dir: &Path) -> io::Result<OwnedFd> {
+    for _ in 0..20 {
+        std::fs::create_dir_all(dir)?;
+        if let Some(lock) = lock_exclusive(dir, false)?
+            && same_file(&lock, dir)
+        {
+            return Ok(lock);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(io::Error::other(format!("cannot hold the lock of this server's own cgroup {}", dir.display())))
 }
 
 /// The mount point of the cgroup v2 hierarchy, and v1 mounts by controller, from `/proc/self/mountinfo`.
@@ -218,7 +234,7 @@ impl CgroupTree {
             instance: root.join(&name),
             instance_name: name,
             root,
-            lock: Mutex::new(None),
+            lock: Mutex::new(Vec::new()),
             configurable,
             v2: BTreeSet::new(),
             v1,
@@ -238,23 +254,23 @@ impl CgroupTree {
         for (_, root) in &self.v1 {
             std::fs::create_dir_all(root.join(&self.instance_name))?;
         }
-        // Made, then locked: in between, a server starting beside us may take it for a dead one's and remove
-        // it. So the lock must be on the directory that is there now, else make it again.
-        let mut attempts = 0;
-        let lock = loop {
-            attempts += 1;
-            std::fs::create_dir_all(&self.instance)?;
-            if let Some(lock) = lock_exclusive(&self.instance, false)?
-                && same_file(&lock, &self.instance)
-            {
-                break lock;
-            }
-            if attempts == 20 {
-                return Err(io::Error::other("cannot hold the lock of this server's own instance cgroup"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        *self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+        // Each instance directory (v2, and v1 on hybrid hosts) is locked for as long as the server lives: a
+        // starting server removes only what it can lock.
+        // Made again (the tree was removed underneath): a lock still held on a directory still there is kept
+        // (flock locks per open file: taking it again here would fail), the others are taken anew.
+        let mut held = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = std::mem::take(&mut *held);
+        let dirs =
+            std::iter::once(self.instance.clone()).chain(self.v1.iter().map(|(_, r)| r.join(&self.instance_name)));
+        for dir in dirs {
+            let kept = previous.iter().position(|fd| same_file(fd, &dir));
+            let lock = match kept {
+                Some(i) => previous[i].try_clone()?,
+                None => hold(&dir)?,
+            };
+            held.push(lock);
+        }
+        drop(held);
         let mut dirs = self.configurable.clone();
         dirs.push(self.instance.clone());
         Ok(enable_controllers(&dirs))

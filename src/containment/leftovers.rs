@@ -42,14 +42,6 @@ pub(crate) fn same_file(fd: &OwnedFd, path: &Path) -> bool {
     }
 }
 
-/// Whether the server an instance is named after (`instance-<pid>-<nonce>`) may still run: its pid exists.
-fn instance_server_alive(name: &str) -> bool {
-    name.strip_prefix("instance-")
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_none_or(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-}
-
 impl CgroupTree {
     /// Kills and removes the instances of servers that are gone (a crash): those whose lock can be taken.
     /// Returns how many job cgroups were cleaned.
@@ -86,25 +78,22 @@ impl CgroupTree {
             }
             let _ = std::fs::remove_dir(entry.path());
         }
-        // v1 instances whose v2 instance is gone (the guardian removes only the v2 tree): empty by now. The v1
-        // hierarchies are shared by servers whose v2 roots differ, so "not under my v2 root" is not "dead": the
-        // server named in the instance must be gone too (a live pid, even a reused one, keeps it).
+        // v1 instances (hybrid hosts) of servers that are gone: those whose lock can be taken. The v1 hierarchies
+        // are shared by servers whose v2 roots differ, so their own lock decides, never the v2 tree.
         for (_, root) in &self.v1 {
             let Ok(entries) = std::fs::read_dir(root) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("instance-")
-                    && name != self.instance_name
-                    && !self.root.join(&name).exists()
-                    && !instance_server_alive(&name)
-                {
-                    if let Ok(jobs) = std::fs::read_dir(entry.path()) {
-                        for job in jobs.flatten() {
-                            let _ = std::fs::remove_dir(job.path());
-                        }
-                    }
-                    let _ = std::fs::remove_dir(entry.path());
+                if !name.starts_with("instance-") || name == self.instance_name {
+                    continue;
                 }
+                let Ok(Some(_held)) = lock_exclusive(&entry.path(), false) else { continue };
+                if let Ok(jobs) = std::fs::read_dir(entry.path()) {
+                    for job in jobs.flatten().filter(|j| j.path().is_dir()) {
+                        let _ = std::fs::remove_dir(job.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(entry.path());
             }
         }
         cleaned

@@ -28,7 +28,11 @@ pub(crate) struct WorkRoot {
 impl WorkRoot {
     /// Removes the instances of servers that are gone, then makes and locks this server's own, `instance`.
     pub(crate) fn prepare(base: &Path, instance: &str) -> io::Result<WorkRoot> {
-        std::fs::create_dir_all(base)?;
+        if !base.exists() {
+            std::fs::create_dir_all(base)?;
+            // Made here, whatever the umask: jobs running as other users pass through it to their directories.
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))?;
+        }
         for entry in std::fs::read_dir(base)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(dead) = name.strip_suffix(".lock") else { continue };

@@ -187,7 +187,8 @@ pub(crate) async fn send_outputs(
                 let entries = listed.get_or_insert_with(|| list(dir));
                 let matched: Vec<String> =
                     entries.iter().filter(|e| !e.dir && glob.is_match(&e.path)).map(|e| e.path.clone()).collect();
-                if matched.is_empty() {
+                if matched.is_empty() && report.len() < MAX_REPORTED && report_bytes < MAX_REPORT_BYTES {
+                    report_bytes += request.pattern.len();
                     report.push(output_file(&request.pattern, pb::OutputState::Missing, 0));
                 }
                 matched

@@ -35,7 +35,7 @@ pub(crate) struct Metrics {
     pub(crate) timed_out: Counter,
     /// Calls refused admission.
     pub(crate) rejected: Counter,
-    /// Calls refused admission, by reason (`queue_full`, `terminals`, `draining`).
+    /// Calls refused admission, by reason (`queue_full`, `uploads`, `terminals`, `draining`).
     pub(crate) rejected_by_reason: Family<Reason, Counter>,
     /// From a worker slot to the worker's exec.
     pub(crate) spawn_seconds: Histogram,

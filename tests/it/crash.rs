@@ -190,7 +190,7 @@ async fn a_dead_guardian_is_reported_and_the_next_start_still_cleans_up() {
     let mut client = first.client().await;
     let tag = unique_tag(60);
     let mut call = OpenCall::open(&mut client, sh(&tree_script(Mode::Cgroup, &tag))).await.expect("open");
-    call.started().await;
+    let worker = proc_info(call.started().await).expect("worker");
     call.wait_stdout("ready").await;
     let guardian = first.guardian().expect("guardian");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(guardian.pid), Signal::SIGKILL).expect("kill the guardian");
@@ -200,6 +200,9 @@ async fn a_dead_guardian_is_reported_and_the_next_start_still_cleans_up() {
     assert_eq!(status.orphans_reaped_total, 0, "the guardian is not an orphan");
     first.signal(Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(5)).expect("died");
+    // The worker (a dynamic user: its uid changed after the parent-death signal was first set) still dies with
+    // the server, by that signal alone.
+    assert!(wait_until(Duration::from_secs(5), || !exists(&worker)), "the worker outlived the server");
     // Nobody killed the escaper this time...
     std::thread::sleep(Duration::from_millis(300));
     assert!(!tagged(&tag).is_empty(), "without a guardian the job's escaper outlives a crash");

@@ -369,7 +369,7 @@ async fn a_huge_or_deep_tree_keeps_exited_small_and_the_server_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_upload_is_dropped_and_a_drain_stops_uploads_at_once() {
-    let (mut server, work_root) = server_with("idle", "upload_idle_timeout = \"300ms\"\n");
+    let (server, work_root) = server_with("idle", "upload_idle_timeout = \"300ms\"\n");
     let mut client = server.client().await;
     let call =
         OpenCall::open(&mut client, with_files(sh("true"), vec![declared("in", 10, 0)], &[])).await.expect("open");
@@ -379,7 +379,12 @@ async fn an_idle_upload_is_dropped_and_a_drain_stops_uploads_at_once() {
     assert!(out.status.as_ref().is_some_and(|s| s.message().contains("upload_idle_timeout")), "{out:?}");
     assert!(wait_until(Duration::from_secs(5), || job_dirs(&work_root).is_empty()), "{:?}", job_dirs(&work_root));
 
-    // A drain does not wait for an upload: its job could never start.
+    // A drain does not wait for an upload: its job could never start. (A server of its own, with the default
+    // idle timeout, so the drain is what ends the upload.)
+    drop(client);
+    drop(server);
+    let (mut server, work_root) = server_with("drain", "");
+    let mut client = server.client().await;
     let mut slow =
         OpenCall::open(&mut client, with_files(sh("true"), vec![declared("in", 10, 0)], &[])).await.expect("open");
     slow.send(chunk_msg("in", b"1", false)).await;

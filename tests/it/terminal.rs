@@ -175,7 +175,7 @@ async fn close_stdin_types_eof_once_and_the_terminal_stays() {
     // second EOF would end the second `cat` too (nothing more is typed: the job times out there).
     let script = "cat; echo cat-done; [ -t 1 ] && echo still-a-tty; cat; echo second-eof";
     for half_close in [false, true] {
-        let start = pb::StartJob { timeout: duration(Duration::from_secs(1)), ..tty_sh(script) };
+        let start = pb::StartJob { timeout: duration(Duration::from_secs(3)), ..tty_sh(script) };
         let mut call = OpenCall::open(&mut client, start).await.expect("open");
         call.started().await;
         call.send(stdin_msg(b"hello\n")).await;

@@ -276,6 +276,15 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             {
                 fail(plan.report, 8);
             }
+            //    A change of the effective uid or gid clears the parent-death signal (prctl(2)): set it again,
+            //    and look again whether the server is still there.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                fail(plan.report, 8);
+            }
+            if libc::getppid() != plan.server_pid {
+                *libc::__errno_location() = libc::ESRCH;
+                fail(plan.report, 8);
+            }
         }
         // 9. stdin/stdout/stderr from the pipes (or all three the pty slave). dup2 clears close-on-exec on the
         //    copy.
