@@ -638,7 +638,8 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
     eprintln!("  memory done");
     drop(server);
 
-    // Isolation: a root server runs jobs as dynamic users by default; the same server with them off.
+    // Isolation: a root server runs jobs as dynamic users in IPC/UTS namespaces by default; the same server with
+    // both off.
     if nix::unistd::geteuid().is_root() {
         let config = isolation::config_without_dynamic_users()?;
         let config_arg = config.display().to_string();
@@ -651,7 +652,7 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
         }
         let (on, off) = (median_duration(on), median_duration(off));
         rows.push(Row {
-            figure: "start latency p50, dynamic users on (default) vs off".into(),
+            figure: "start latency p50, dynamic users and IPC/UTS namespaces on (default) vs off".into(),
             forkpool: format!("{} with, {} without", ms(on), ms(off)),
             floor: "—".into(),
             ratio: format!("{:.2}×", on.as_secs_f64() / off.as_secs_f64()),

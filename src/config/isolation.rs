@@ -13,11 +13,19 @@ pub struct Isolation {
     /// `[first, last]` uids (inclusive) for dynamic users. The default, 1879048192–1879113727, lies in a range
     /// systemd leaves unused (above its per-container ranges, below its foreign-image range 2147352576…).
     pub dynamic_user_range: (u32, u32),
+    /// Each job gets IPC and UTS namespaces of its own (SysV IPC, POSIX message queues, hostname): no job sees
+    /// or touches another's shared memory, semaphores or queues. Needs a server with CAP_SYS_ADMIN (root on a
+    /// host); elsewhere it is off, and the log says so.
+    pub private_ipc_and_hostname: bool,
 }
 
 impl Default for Isolation {
     fn default() -> Self {
-        Isolation { dynamic_users: true, dynamic_user_range: (1_879_048_192, 1_879_113_727) }
+        Isolation {
+            dynamic_users: true,
+            dynamic_user_range: (1_879_048_192, 1_879_113_727),
+            private_ipc_and_hostname: true,
+        }
     }
 }
 

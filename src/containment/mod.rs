@@ -52,6 +52,8 @@ pub(crate) struct Containment {
     users: Option<Arc<DynamicUsers>>,
     /// The server can empty its jobs' capability bounding sets (it has CAP_SETPCAP).
     drops_capabilities: bool,
+    /// Jobs get IPC and UTS namespaces of their own.
+    namespaces: bool,
 }
 
 /// One job's cgroup and working directory.
@@ -157,6 +159,11 @@ impl Containment {
                  directories (give it o+x, or move work_root)"
             );
         }
+        // New namespaces need CAP_SYS_ADMIN (a root server in a container may lack it).
+        let namespaces = config.isolation.private_ipc_and_hostname && users::has_effective_capability(21);
+        if config.isolation.private_ipc_and_hostname && !namespaces {
+            warn!("the server lacks CAP_SYS_ADMIN: jobs share the server's IPC and UTS namespaces");
+        }
         // Emptying a job's bounding set needs CAP_SETPCAP (a root server in a container may lack it).
         let can_drop = users::has_effective_capability(8);
         if root && !can_drop {
@@ -170,6 +177,7 @@ impl Containment {
             guarded: guardian.is_some(),
             users,
             drops_capabilities: can_drop,
+            namespaces,
         })
     }
 
@@ -192,7 +200,8 @@ impl Containment {
         };
         let capabilities =
             if self.drops_capabilities { "no capabilities" } else { "the server's capability bounding set" };
-        let privileges = format!("{who}, with no_new_privs and {capabilities}");
+        let namespaces = if self.namespaces { "; each in IPC and UTS namespaces of its own" } else { "" };
+        let privileges = format!("{who}, with no_new_privs and {capabilities}{namespaces}");
         match &self.cgroups {
             Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}; {privileges}", tree.describe())),
             None => (
@@ -257,6 +266,7 @@ impl Containment {
             .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids)
             .privileges(self.drops_capabilities, plan.keep_capabilities)
+            .private_ipc_and_hostname(self.namespaces)
             .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
     }
 

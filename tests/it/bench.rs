@@ -21,7 +21,7 @@ fn the_quick_benchmark_prints_the_whole_table() {
         "output file",
     ]
     .into_iter()
-    .chain(nix::unistd::geteuid().is_root().then_some("dynamic users on (default) vs off"))
+    .chain(nix::unistd::geteuid().is_root().then_some("IPC/UTS namespaces on (default) vs off"))
     {
         let row =
             table.lines().find(|l| l.contains(figure)).unwrap_or_else(|| panic!("no {figure:?} row in:\n{table}"));

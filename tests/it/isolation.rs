@@ -188,3 +188,32 @@ async fn a_root_job_has_no_capabilities_but_those_its_entry_keeps() {
     let status = get_status(&mut client).await;
     assert!(status.containment_detail.contains("no_new_privs and no capabilities"), "{}", status.containment_detail);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_do_not_share_sysv_ipc_with_each_other_or_the_server() {
+    if !tool(nix::unistd::geteuid().is_root(), "a root server (namespaces)") {
+        return;
+    }
+    let server = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = server.client().await;
+    // Job A makes a shared memory segment and keeps running.
+    let mut a = OpenCall::open(&mut client, sh("ipcmk -M 4096 && echo ready; readlink /proc/self/ns/ipc; sleep 1000"))
+        .await
+        .expect("open");
+    a.started().await;
+    a.wait_stdout("ready").await;
+    a.wait_stdout("ipc:[").await;
+    let out =
+        run(&mut client, sh("ipcs -m | grep -c '^0x' || true; readlink /proc/self/ns/ipc /proc/self/ns/uts")).await;
+    let text = out.stdout_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"0"), "job B sees job A's segment: {text}");
+    let server_ipc = std::fs::read_link(format!("/proc/{}/ns/ipc", server.pid)).expect("server ns");
+    let server_uts = std::fs::read_link(format!("/proc/{}/ns/uts", server.pid)).expect("server ns");
+    assert!(!lines.contains(&server_ipc.to_str().unwrap_or_default()), "job B shares the server's IPC: {text}");
+    assert!(!lines.contains(&server_uts.to_str().unwrap_or_default()), "job B shares the server's UTS: {text}");
+    let a_ipc = a.outcome.stdout_text().lines().find(|l| l.starts_with("ipc:")).map(String::from).expect("ipc");
+    assert!(!lines.contains(&a_ipc.as_str()), "jobs A and B share an IPC namespace: {text}");
+    let status = get_status(&mut client).await;
+    assert!(status.containment_detail.contains("IPC and UTS namespaces of its own"), "{}", status.containment_detail);
+}

@@ -41,6 +41,8 @@ pub(super) struct ChildPlan {
     /// The server's fd limit, read before the clone: the slow fd-closing fallback closes up to it (the job's
     /// own, lower limit may already be in force then).
     pub(super) fd_limit: libc::c_int,
+    /// Namespace flags (`CLONE_NEWIPC`, `CLONE_NEWUTS`) the child is created with.
+    pub(super) namespaces: libc::c_int,
 }
 
 /// The setup steps in the child, in order; a failure reports its index.
@@ -103,7 +105,7 @@ pub(super) fn clone_child(
         unsafe { child_main(*plan.cast::<ChildPlan>()) }
     }
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD | plan.namespaces;
     // SAFETY: the child runs `entry` on its own stack (`top`, 16-byte aligned, inside `stack`) while this
     // thread is suspended (CLONE_VFORK) until it execs or exits, so `plan`, everything it points to, the stack
     // and `parent_tid` stay valid and untouched for the child's whole life before exec. All signals are
@@ -127,7 +129,8 @@ fn clone3(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd, parent_tid: *mut
     let aligned = (base + 15) & !15;
     let size = (stack.len() - (aligned - base)) & !15;
     let mut args = CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID) as u64 | CLONE_INTO_CGROUP,
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | plan.namespaces) as u64
+            | CLONE_INTO_CGROUP,
         parent_tid: parent_tid as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: aligned as u64,

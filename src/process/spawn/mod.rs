@@ -70,6 +70,7 @@ pub(crate) struct Command {
     /// Empty the bounding set (but for `keep_caps`): only a root server can.
     drop_capabilities: bool,
     keep_caps: u64,
+    namespaces: libc::c_int,
 }
 
 impl Command {
@@ -105,6 +106,7 @@ impl Command {
             terminal: None,
             drop_capabilities: false,
             keep_caps: 0,
+            namespaces: 0,
         })
     }
 
@@ -150,6 +152,13 @@ impl Command {
     pub(crate) fn privileges(mut self, drop_capabilities: bool, keep: u64) -> Self {
         self.drop_capabilities = drop_capabilities;
         self.keep_caps = keep;
+        self
+    }
+
+    /// Creates the worker in new IPC and UTS namespaces (SysV IPC, POSIX message queues and the hostname of
+    /// its own): needs CAP_SYS_ADMIN.
+    pub(crate) fn private_ipc_and_hostname(mut self, on: bool) -> Self {
+        self.namespaces = if on { libc::CLONE_NEWIPC | libc::CLONE_NEWUTS } else { 0 };
         self
     }
 
@@ -463,6 +472,7 @@ fn spawn_one(
         guardian: guardian_fd,
         announce,
         fd_limit: libc::c_int::try_from(fd_limit).unwrap_or(libc::c_int::MAX),
+        namespaces: command.namespaces,
     };
     // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
     let cgroup_dir = match &command.cgroup_dir {
