@@ -195,16 +195,14 @@ impl JobDir {
         let mut pending = vec![String::new()];
         while let Some(prefix) = pending.pop() {
             let dirs: Vec<&str> = if prefix.is_empty() { Vec::new() } else { prefix.split('/').collect() };
-            let dir = match self.walk(&dirs, false) {
-                Ok(Some(dir)) => dir,
-                Ok(None) => {
-                    fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?
-                }
+            let walked = match self.walk(&dirs, false) {
+                Ok(walked) => walked,
                 // Replaced meanwhile by something else: not a directory to walk.
                 Err(Walk::Missing | Walk::NotDirectory) => continue,
                 Err(Walk::Failed(e)) => return Err(e),
             };
-            for entry in fs::Dir::read_from(&dir)? {
+            let dir = walked.as_ref().unwrap_or(&self.root);
+            for entry in fs::Dir::read_from(dir)? {
                 let entry = entry?;
                 let Ok(name) = entry.file_name().to_str() else { continue };
                 if name == "." || name == ".." {
@@ -219,7 +217,7 @@ impl JobDir {
                     return Ok((out, true));
                 }
                 let kind = match entry.file_type() {
-                    FileType::Unknown => match fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    FileType::Unknown => match fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(stat) => FileType::from_raw_mode(stat.st_mode),
                         Err(_) => continue,
                     },

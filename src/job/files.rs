@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::stdio::CHUNK_BYTES;
-use super::supervise::{Ending, StreamError, sleep_until_or_never};
+use super::supervise::{Ending, sleep_until_or_never};
 use super::{Event, JobError};
 use crate::config::files::{FilesPlan, InputPlan, MAX_PATH_BYTES};
 use crate::containment::jobdir::{Entry, Found, JobDir};
@@ -88,13 +88,7 @@ where
                 None => {
                     return invalid(format!("the request stream ended while expecting {}", expected()));
                 }
-                Some(Err(status)) => {
-                    return Err(UploadEnd::Ended(match StreamError::of(&status) {
-                        StreamError::Oversized => Ending::TooLarge(status.message().to_string()),
-                        StreamError::Malformed => Ending::Invalid(format!("malformed request: {}", status.message())),
-                        StreamError::Transport => Ending::Transport(status.code(), status.message().to_string()),
-                    }));
-                }
+                Some(Err(status)) => return Err(UploadEnd::Ended(Ending::of_stream_error(&status, ""))),
                 Some(Ok(pb::ExecuteRequest { msg: Some(Msg::Input(chunk)) })) => chunk,
                 Some(Ok(pb::ExecuteRequest { msg: other })) => {
                     let kind = other.as_ref().map_or("a request with no field set", super::request_kind);

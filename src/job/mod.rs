@@ -478,25 +478,22 @@ impl Jobs {
         // there: not after a cancel, a deadline, an invalid request or a shutdown).
         let outputs = match (&plan.files, &ending) {
             (Some(files), None | Some(Ending::TimedOut | Ending::OutputLimit)) if !files.outputs.is_empty() => {
-                match self.send_outputs(&container, files, &events, deadline).await {
-                    Ok(outputs) => outputs,
-                    Err(e) => {
-                        if !matches!(e, JobError::ClientGone) {
-                            warn!(error = %e, "cannot send the job's output files");
-                            self.send(&events, Err(e)).await;
-                        }
-                        self.containment.release(container).await;
-                        drop(terminal_permit);
-                        drop(slot);
-                        return;
-                    }
+                self.send_outputs(&container, files, &events, deadline).await
+            }
+            _ => Ok(Vec::new()),
+        };
+        // Report now (`exited`, or why the outputs could not be sent), and remove its cgroup and directory
+        // meanwhile (an rmdir may wait for the disk). The slot is freed only once that is done.
+        let report = async {
+            match outputs {
+                Ok(outputs) => self.report(&events, exit, ending, end, wall_time, reaped, outputs).await,
+                Err(JobError::ClientGone) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot send the job's output files");
+                    self.send(&events, Err(e)).await;
                 }
             }
-            _ => Vec::new(),
         };
-        // Report now, and remove its cgroup and directory meanwhile (an rmdir may wait for the disk). The slot is
-        // freed only once that is done.
-        let report = self.report(&events, exit, ending, end, wall_time, reaped, outputs);
         tokio::join!(report, self.containment.release(container));
         drop(terminal_permit);
         drop(slot);

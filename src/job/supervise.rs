@@ -49,6 +49,19 @@ impl Ending {
         }
     }
 
+    /// How a request-stream error ends the call (while uploading or running): the message of a malformed one
+    /// ends with `aftermath`.
+    pub(crate) fn of_stream_error(status: &tonic::Status, aftermath: &str) -> Ending {
+        match StreamError::of(status) {
+            StreamError::Oversized => Ending::TooLarge(status.message().to_string()),
+            StreamError::Malformed => Ending::Invalid(format!("malformed request: {}{aftermath}", status.message())),
+            StreamError::Transport => {
+                debug!(%status, "request stream failed");
+                Ending::Transport(status.code(), status.message().to_string())
+            }
+        }
+    }
+
     /// The `reason` label of `forkpool_jobs_finished_total`.
     pub(crate) fn metric_label(ending: Option<&Ending>, oom_killed: bool) -> &'static str {
         match ending {
@@ -214,16 +227,7 @@ where
                 self.close_stdin();
                 None
             }
-            Some(Err(status)) => match StreamError::of(&status) {
-                StreamError::Oversized => Some(Ending::TooLarge(status.message().to_string())),
-                StreamError::Malformed => {
-                    Some(Ending::Invalid(format!("malformed request: {} (the job was killed)", status.message())))
-                }
-                StreamError::Transport => {
-                    debug!(%status, "request stream failed");
-                    Some(Ending::Transport(status.code(), status.message().to_string()))
-                }
-            },
+            Some(Err(status)) => Some(Ending::of_stream_error(&status, " (the job was killed)")),
             Some(Ok(request)) => match request.msg {
                 Some(Msg::Stdin(data)) => {
                     if self.stdin.is_some() && !data.is_empty() {
