@@ -374,12 +374,14 @@ fn floor_throughput(in_flight: usize, jobs: usize) -> anyhow::Result<f64> {
 
 const TREE: &str = "sleep 1000 & sleep 1000 & echo ready; wait";
 
+/// The job's processes in session (or group) `sid`; a pid namespace's init, forkpool's own, is not one.
 fn session_members(sid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            forkpool::process::procfs::ProcStat::read(*pid).is_some_and(|s| s.session == sid || s.pgrp == sid)
+            forkpool::process::procfs::ProcStat::read(*pid)
+                .is_some_and(|s| (s.session == sid || s.pgrp == sid) && s.comm != "forkpool-init")
         })
         .collect()
 }
@@ -638,29 +640,39 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
     eprintln!("  memory done");
     drop(server);
 
-    // Isolation: a root server runs jobs as dynamic users in IPC/UTS namespaces by default; the same server with
-    // both off.
-    if nix::unistd::geteuid().is_root() {
-        let config = isolation::config_without_dynamic_users()?;
+    // Isolation: each level's start latency and machine CPU per job, against every level off (a root server;
+    // one that is not root gets its namespaces through a user namespace, measured the same way). Every level's
+    // server runs for the whole measurement, and each repetition takes every level in turn, so that a change in
+    // the machine's load falls on all of them alike.
+    let mut levels = Vec::new();
+    for (name, table) in isolation::levels() {
+        let config = isolation::config(name, &table)?;
         let config_arg = config.display().to_string();
-        let dynamic = BenchServer::start(&["--workers", "4"], &options.server_args)?;
-        let root = BenchServer::start(&["--workers", "4", "--config", &config_arg], &options.server_args)?;
-        let (mut on, mut off) = (vec![], vec![]);
-        for _ in 0..reps {
-            on.push(p50_p99(start_latency(&dynamic, sizes.latency_runs).await?).0);
-            off.push(p50_p99(start_latency(&root, sizes.latency_runs).await?).0);
-        }
-        let (on, off) = (median_duration(on), median_duration(off));
-        rows.push(Row {
-            figure: "start latency p50, dynamic users and IPC/UTS namespaces on (default) vs off".into(),
-            forkpool: format!("{} with, {} without", ms(on), ms(off)),
-            floor: "—".into(),
-            ratio: format!("{:.2}×", on.as_secs_f64() / off.as_secs_f64()),
-            target: "≤ 1.1×".into(),
-        });
+        let server = BenchServer::start(&["--workers", "4", "--config", &config_arg], &options.server_args)?;
         let _ = std::fs::remove_file(&config);
-        eprintln!("  isolation done");
+        levels.push((name, server, Vec::new(), Vec::new()));
     }
+    for _ in 0..reps {
+        for (_, server, p50s, cpus) in &mut levels {
+            let busy = isolation::machine_busy();
+            p50s.push(p50_p99(start_latency(server, sizes.latency_runs).await?).0);
+            cpus.push((isolation::machine_busy() - busy).as_secs_f64() * 1e6 / (sizes.latency_runs + 1) as f64);
+        }
+    }
+    let mut baseline = None;
+    for (name, server, p50s, cpus) in levels {
+        drop(server);
+        let (p50, cpu) = (median_duration(p50s), median_f64(cpus));
+        let (base50, base_cpu) = *baseline.get_or_insert((p50, cpu));
+        rows.push(Row {
+            figure: format!("isolation: {name}, start p50 / machine CPU per job"),
+            forkpool: format!("{} / {cpu:.0} µs", ms(p50)),
+            floor: format!("{} / {base_cpu:.0} µs with none", ms(base50)),
+            ratio: format!("{:.2}× / {:.2}×", p50.as_secs_f64() / base50.as_secs_f64(), cpu / base_cpu),
+            target: "—".into(),
+        });
+    }
+    eprintln!("  isolation done");
 
     let small = BenchServer::start(&["--workers", "4"], &options.server_args)?;
     let large = BenchServer::large(sizes.ballast, &options.server_args)?;

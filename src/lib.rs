@@ -18,8 +18,11 @@
 //!    ([`containment::users`]). With a slot, [`containment`] makes the job's cgroup and private directory,
 //!    and [`process::spawn`] starts the worker: a long-lived spawner thread (so
 //!    `PR_SET_PDEATHSIG` means "the server died") clones a child that is born in the job's cgroup, sets it up
-//!    with async-signal-safe calls only (no privilege gained from then on, no capability kept but those its
-//!    entry names), and execs. The kernel hands the child's pid to the
+//!    with async-signal-safe calls only (its namespaces: pid, mount with a private `/tmp`, network, IPC and
+//!    UTS, in a user namespace where the server is not root; no privilege gained from then on, no capability
+//!    kept but those its entry names; a seccomp filter), and execs: the program, or, in a pid namespace,
+//!    forkpool's init ([`process::spawn::init`]), which starts the program, forwards signals, reaps inside and
+//!    reports the program's status and its orphans. The kernel hands the child's pid to the
 //!    [`process::registry`] before the child runs. A terminal job's pty pair is opened there too, and its
 //!    slave becomes the child's stdio and controlling terminal.
 //! 4. [`job::stdio`] pumps the worker's stdout and stderr (or its terminal) into bounded chunks
@@ -35,7 +38,8 @@
 //!    them without ever leaving the directory), then exactly one `exited` event (or one error status), and
 //!    removes the cgroup and directory.
 //!
-//! Should the server die instead, [`containment::guardian`] kills every job's processes within a second.
+//! Should the server die instead, every job's init dies with it (and the kernel kills its pid namespace), and
+//! [`containment::guardian`] kills every job's processes within a second.
 //!
 //! # Layout
 //!
@@ -43,7 +47,7 @@
 //! |---|---|
 //! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
 //! | [`job`] | one call's life: the pool, supervision (endings decided), stdio and pty pumps, terminals, the report, the counters |
-//! | [`process`] | spawning (the only fork-time unsafe code; pty pairs), the registry, the reaper (the only waiter), killing, `/proc` |
+//! | [`process`] | spawning (the only fork-time unsafe code; namespaces, pty pairs, the seccomp filter, the pid namespace's init), the registry, the reaper (the only waiter), killing, `/proc` |
 //! | [`containment`] | cgroups, working directories and the files in them, dynamic users, a crashed server's leftovers, the guardian |
 //! | [`config`] | the file's schema and the catalog, the request plan, limits, units |
 //! | [`cli`] | `forkpool run` (`-t`: under a terminal, the local one raw), `jobs`, `status` and `bench` |

@@ -174,6 +174,11 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    // A job's pid-namespace init is this executable under another name: nothing else of forkpool runs there.
+    let mut args = std::env::args_os();
+    if args.next().is_some_and(|argv0| argv0 == forkpool::process::INIT_ARGV0) {
+        forkpool::process::init_main(std::env::args_os().collect());
+    }
     let cli = Cli::parse();
     // The guardian is forked first, while this process has one thread (the runtime's come next).
     let guardian = match &cli.command {

@@ -85,7 +85,8 @@ def convert(stub, start, inputs, outputs, chunk_bytes=1 << 20):
 
 
 def session_members(sid):
-    """Pids of processes in session `sid` (a job's worker pid), from /proc."""
+    """Pids of the job's processes in session `sid` (a job's worker pid), from /proc. In a pid namespace the
+    worker is forkpool's init (`forkpool-init`), which is not one of them."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -94,8 +95,9 @@ def session_members(sid):
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid:
+        if int(fields[3]) == sid and name != "forkpool-init":
             members.append(int(entry))
     return members
 

@@ -57,6 +57,9 @@ pub struct CatalogJob {
     /// Whether a request may run this job under a terminal (`StartJob.terminal`).
     #[serde(default = "yes")]
     pub terminal: bool,
+    /// How this job is isolated, over the server-wide `[isolation]` table.
+    #[serde(default)]
+    pub isolation: super::isolation::JobIsolation,
     /// `(uid, gid)` resolved from `user`/`group` by [`Config::prepare`].
     #[serde(skip)]
     pub ids: Option<(u32, u32)>,
@@ -91,6 +94,7 @@ pub(super) fn builtin_catalog() -> Vec<CatalogJob> {
         files: false,
         keep_capabilities: Vec::new(),
         terminal: true,
+        isolation: Default::default(),
         ids: None,
     };
     let mut prompt =

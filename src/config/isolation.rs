@@ -17,6 +17,25 @@ pub struct Isolation {
     /// or touches another's shared memory, semaphores or queues. Needs a server with CAP_SYS_ADMIN (root on a
     /// host); elsewhere it is off, and the log says so.
     pub private_ipc_and_hostname: bool,
+    /// Each job gets a pid namespace of its own under forkpool's init: it sees and can signal only its own
+    /// processes, and none of them outlives the init (the kernel kills a namespace whose init dies).
+    pub pid_namespace: bool,
+    /// Each job gets a mount namespace of its own with private `/tmp` and `/dev/shm` (empty tmpfs) and, with
+    /// a pid namespace, its own `/proc`; its working directory stays where it is.
+    pub private_tmp: bool,
+    /// The job sees the whole file system read-only, but for its working directory, `/tmp` and `/dev/shm`
+    /// (needs `private_tmp`).
+    pub read_only_root: bool,
+    /// `"none"`: an empty network namespace with only a loopback interface of its own; `"host"`: the server's
+    /// network.
+    pub network: Network,
+    /// A seccomp filter denies (EPERM) the system calls no job needs: loading kernel modules or kexec images,
+    /// rebooting, swap, the clock, keyrings, bpf, perf events, userfaultfd, handles to files by number, mount
+    /// and namespace changes; and every 32-bit (i386/x32) system call.
+    pub seccomp: bool,
+    /// Where the server is not root, get the namespaces above from an unprivileged user namespace (the job's
+    /// uid and gid map to the server's own), if the kernel allows it.
+    pub user_namespace: bool,
 }
 
 impl Default for Isolation {
@@ -25,6 +44,71 @@ impl Default for Isolation {
             dynamic_users: true,
             dynamic_user_range: (1_879_048_192, 1_879_113_727),
             private_ipc_and_hostname: true,
+            pid_namespace: true,
+            private_tmp: true,
+            read_only_root: false,
+            network: Network::None,
+            seccomp: true,
+            user_namespace: true,
+        }
+    }
+}
+
+/// A job's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The server's network namespace.
+    Host,
+    /// A network namespace of its own with only a loopback interface.
+    None,
+}
+
+/// A catalog job's `isolation` table: each key unset takes the server-wide `[isolation]` value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobIsolation {
+    /// See [`Isolation::pid_namespace`].
+    pub pid_namespace: Option<bool>,
+    /// See [`Isolation::private_tmp`].
+    pub private_tmp: Option<bool>,
+    /// See [`Isolation::read_only_root`].
+    pub read_only_root: Option<bool>,
+    /// See [`Isolation::network`].
+    pub network: Option<Network>,
+    /// See [`Isolation::seccomp`].
+    pub seccomp: Option<bool>,
+    /// See [`Isolation::private_ipc_and_hostname`].
+    pub private_ipc_and_hostname: Option<bool>,
+}
+
+/// What one job asks for (before the server's abilities are taken into account).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsolationPlan {
+    /// Own pid namespace under forkpool's init.
+    pub pid_namespace: bool,
+    /// Own mount namespace, private `/tmp` and `/dev/shm`.
+    pub private_tmp: bool,
+    /// Read-only view of the system.
+    pub read_only_root: bool,
+    /// Own empty network namespace.
+    pub no_network: bool,
+    /// The seccomp deny list.
+    pub seccomp: bool,
+    /// Own IPC and UTS namespaces.
+    pub private_ipc_and_hostname: bool,
+}
+
+impl Isolation {
+    /// The plan for a job with these overrides (a raw command has none).
+    pub fn plan(&self, job: &JobIsolation) -> IsolationPlan {
+        IsolationPlan {
+            pid_namespace: job.pid_namespace.unwrap_or(self.pid_namespace),
+            private_tmp: job.private_tmp.unwrap_or(self.private_tmp),
+            read_only_root: job.read_only_root.unwrap_or(self.read_only_root),
+            no_network: job.network.unwrap_or(self.network) == Network::None,
+            seccomp: job.seccomp.unwrap_or(self.seccomp),
+            private_ipc_and_hostname: job.private_ipc_and_hostname.unwrap_or(self.private_ipc_and_hostname),
         }
     }
 }
@@ -38,6 +122,9 @@ impl Isolation {
                 "isolation.dynamic_user_range [{first}, {last}] must be ordered, start at 1000 or above, and end below \
                  4294967295"
             ));
+        }
+        if self.read_only_root && !self.private_tmp {
+            return Err("isolation.read_only_root needs isolation.private_tmp (a job needs somewhere to write)".into());
         }
         Ok(())
     }

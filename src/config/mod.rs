@@ -255,6 +255,13 @@ impl Config {
                     job.name
                 ));
             }
+            let wanted = self.isolation.plan(&job.isolation);
+            if wanted.read_only_root && !wanted.private_tmp {
+                return invalid(format!(
+                    "job `{}`: isolation.read_only_root needs isolation.private_tmp (a job needs somewhere to write)",
+                    job.name
+                ));
+            }
             if let Err(m) = isolation::capability_mask(&job.keep_capabilities) {
                 return invalid(format!("job `{}`: {m}", job.name));
             }

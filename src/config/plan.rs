@@ -28,52 +28,66 @@ impl Config {
             check_env_entry(k, v).map_err(InvalidArgument)?;
         }
         let mut env = base_env();
-        let (name, mut argv, max_timeout, limits, cwd, ids, terminal_allowed, files_allowed, keep_capabilities) =
-            match (start.job.is_empty(), start.command.is_empty()) {
-                (true, true) => {
-                    return Err(InvalidArgument(
-                        "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
+        let (
+            name,
+            mut argv,
+            max_timeout,
+            limits,
+            cwd,
+            ids,
+            terminal_allowed,
+            files_allowed,
+            keep_capabilities,
+            isolation,
+        ) = match (start.job.is_empty(), start.command.is_empty()) {
+            (true, true) => {
+                return Err(InvalidArgument(
+                    "start names no work: set `job` (a catalog job) or `command` (a raw argv)".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(InvalidArgument("start sets both `job` and `command`; set exactly one".into()));
+            }
+            (true, false) => {
+                if !self.allow_raw_commands {
+                    return Err(PermissionDenied(
+                        "raw commands are not allowed on this server; run a catalog job (see ListJobs)".into(),
                     ));
                 }
-                (false, false) => {
-                    return Err(InvalidArgument("start sets both `job` and `command`; set exactly one".into()));
+                if start.command[0].is_empty() {
+                    return Err(InvalidArgument("command[0] (the program) is empty".into()));
                 }
-                (true, false) => {
-                    if !self.allow_raw_commands {
-                        return Err(PermissionDenied(
-                            "raw commands are not allowed on this server; run a catalog job (see ListJobs)".into(),
-                        ));
-                    }
-                    if start.command[0].is_empty() {
-                        return Err(InvalidArgument("command[0] (the program) is empty".into()));
-                    }
-                    env.extend(start.env);
-                    let name = format!("raw:{}", start.command[0]);
-                    (name, start.command, self.raw_max_timeout, self.limits, None, None, true, true, 0)
-                }
-                (false, true) => {
-                    let job = self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
+                env.extend(start.env);
+                let name = format!("raw:{}", start.command[0]);
+                let isolation = self.isolation.plan(&Default::default());
+                (name, start.command, self.raw_max_timeout, self.limits, None, None, true, true, 0, isolation)
+            }
+            (false, true) => {
+                let job =
+                    self.jobs.iter().find(|j| j.name == start.job).ok_or_else(|| {
                         NotFound(format!("no job named `{}` in the catalog (see ListJobs)", start.job))
                     })?;
-                    if !start.args.is_empty() && !job.accepts_args {
-                        return Err(PermissionDenied(format!("job `{}` does not accept arguments", job.name)));
-                    }
-                    if let Some(key) = start.env.keys().find(|k| !job.allowed_env.contains(k)) {
-                        return Err(PermissionDenied(format!(
-                            "job `{}` does not accept environment variable `{key}` (allowed: {:?})",
-                            job.name, job.allowed_env
-                        )));
-                    }
-                    env.extend(job.env.clone());
-                    env.extend(start.env);
-                    let limits = job.limits.or(self.limits);
-                    let command = job.command.clone();
-                    let cwd = job.cwd.clone();
-                    // Checked when the config was loaded.
-                    let keep = super::isolation::capability_mask(&job.keep_capabilities).unwrap_or(0);
-                    (job.name.clone(), command, job.max_timeout, limits, cwd, job.ids, job.terminal, job.files, keep)
+                if !start.args.is_empty() && !job.accepts_args {
+                    return Err(PermissionDenied(format!("job `{}` does not accept arguments", job.name)));
                 }
-            };
+                if let Some(key) = start.env.keys().find(|k| !job.allowed_env.contains(k)) {
+                    return Err(PermissionDenied(format!(
+                        "job `{}` does not accept environment variable `{key}` (allowed: {:?})",
+                        job.name, job.allowed_env
+                    )));
+                }
+                env.extend(job.env.clone());
+                env.extend(start.env);
+                let limits = job.limits.or(self.limits);
+                let command = job.command.clone();
+                let cwd = job.cwd.clone();
+                // Checked when the config was loaded.
+                let keep = super::isolation::capability_mask(&job.keep_capabilities).unwrap_or(0);
+                let isolation = self.isolation.plan(&job.isolation);
+                let (ids, terminal, files) = (job.ids, job.terminal, job.files);
+                (job.name.clone(), command, job.max_timeout, limits, cwd, ids, terminal, files, keep, isolation)
+            }
+        };
         argv.extend(start.args);
         let timeout = match (timeout, max_timeout) {
             (Some(t), Some(max)) => Some(t.min(max)),
@@ -105,7 +119,20 @@ impl Config {
             return Err(PermissionDenied(format!("job `{name}` does not take files (files = false)")));
         }
         let files = plan_files(start.inputs, start.outputs, &limits)?;
-        Ok(JobPlan { name, argv, env, timeout, kill_grace, limits, cwd, ids, terminal, files, keep_capabilities })
+        Ok(JobPlan {
+            name,
+            argv,
+            env,
+            timeout,
+            kill_grace,
+            limits,
+            cwd,
+            ids,
+            terminal,
+            files,
+            keep_capabilities,
+            isolation,
+        })
     }
 }
 
@@ -134,6 +161,8 @@ pub struct JobPlan {
     pub files: Option<FilesPlan>,
     /// Capabilities (bit N = capability N) left in the job's bounding set; every other one is dropped.
     pub keep_capabilities: u64,
+    /// The namespaces and filters the job asks for.
+    pub isolation: super::isolation::IsolationPlan,
 }
 
 /// A terminal job's pseudo-terminal, as it is at exec.

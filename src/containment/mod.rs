@@ -35,7 +35,7 @@ use workdir::WorkRoot;
 use crate::config::{CgroupMode, Config, JobPlan};
 use crate::pb;
 use crate::process::registry::{JobReaps, Registry, SessionWatch};
-use crate::process::spawn::{Command, SpawnError, TerminalSpec};
+use crate::process::spawn::{Command, Namespaces, SpawnError, TerminalSpec};
 
 /// How long to wait for a job's leftovers to die and be reaped.
 const LEFTOVERS_WAIT: Duration = Duration::from_secs(5);
@@ -52,8 +52,10 @@ pub(crate) struct Containment {
     users: Option<Arc<DynamicUsers>>,
     /// The server can empty its jobs' capability bounding sets (it has CAP_SETPCAP).
     drops_capabilities: bool,
-    /// Jobs get IPC and UTS namespaces of their own.
-    namespaces: bool,
+    /// The namespaces (and filter) this server can give its jobs, each probed at start.
+    available: Namespaces,
+    /// What is off, and why, for `GetStatus`.
+    unavailable: Vec<String>,
 }
 
 /// One job's cgroup and working directory.
@@ -159,11 +161,7 @@ impl Containment {
                  directories (give it o+x, or move work_root)"
             );
         }
-        // New namespaces need CAP_SYS_ADMIN (a root server in a container may lack it).
-        let namespaces = config.isolation.private_ipc_and_hostname && users::has_effective_capability(21);
-        if config.isolation.private_ipc_and_hostname && !namespaces {
-            warn!("the server lacks CAP_SYS_ADMIN: jobs share the server's IPC and UTS namespaces");
-        }
+        let (available, unavailable) = probe_isolation(config, root, work_root.path());
         // Emptying a job's bounding set needs CAP_SETPCAP (a root server in a container may lack it).
         let can_drop = users::has_effective_capability(8);
         if root && !can_drop {
@@ -177,7 +175,8 @@ impl Containment {
             guarded: guardian.is_some(),
             users,
             drops_capabilities: can_drop,
-            namespaces,
+            available,
+            unavailable,
         })
     }
 
@@ -200,8 +199,8 @@ impl Containment {
         };
         let capabilities =
             if self.drops_capabilities { "no capabilities" } else { "the server's capability bounding set" };
-        let namespaces = if self.namespaces { "; each in IPC and UTS namespaces of its own" } else { "" };
-        let privileges = format!("{who}, with no_new_privs and {capabilities}{namespaces}");
+        let namespaces = describe_isolation(self.available, &self.unavailable);
+        let privileges = format!("{who}, with no_new_privs and {capabilities}; {namespaces}");
         match &self.cgroups {
             Some(tree) => (pb::ContainmentMode::Cgroup, format!("{}; {guardian}; {privileges}", tree.describe())),
             None => (
@@ -235,7 +234,8 @@ impl Containment {
 
     /// Makes the job's cgroup and working directory.
     pub(crate) fn prepare(&self, job_id: &str, plan: &JobPlan) -> io::Result<JobContainer> {
-        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &plan.limits)).transpose()?;
+        let limits = self.limits_for(plan);
+        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &limits)).transpose()?;
         let (cwd, private_dir) = match &plan.cwd {
             Some(cwd) => (cwd.clone(), None),
             None => match self.work_root.create(job_id, plan.ids) {
@@ -259,15 +259,42 @@ impl Containment {
         }
         let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
         let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
+        let ns = self.namespaces_for(plan);
         Ok(Command::new(&plan.argv, &env)?
             .cwd(&container.cwd)?
             .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
             .join_cgroups(&v1_procs)?
-            .rlimits(plan.limits.rlimits(enforces("memory"), enforces("pids")))
+            .rlimits(self.limits_for(plan).rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids)
-            .privileges(self.drops_capabilities, plan.keep_capabilities)
-            .private_ipc_and_hostname(self.namespaces)
+            .privileges(self.drops_capabilities || ns.user, plan.keep_capabilities)
+            .namespaces(ns)?
             .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
+    }
+
+    /// The job's limits, its process limit counting forkpool's init besides the job's own processes.
+    fn limits_for(&self, plan: &JobPlan) -> crate::config::limits::Limits {
+        let mut limits = plan.limits;
+        if self.namespaces_for(plan).pid {
+            limits.processes = limits.processes.map(|n| n.saturating_add(1));
+        }
+        limits
+    }
+
+    /// The namespaces a job gets: what it asks for, of what this server can give.
+    fn namespaces_for(&self, plan: &JobPlan) -> Namespaces {
+        let (want, can) = (plan.isolation, self.available);
+        let mut ns = Namespaces {
+            user: false,
+            pid: want.pid_namespace && can.pid,
+            private_tmp: want.private_tmp && can.private_tmp,
+            read_only_root: want.read_only_root && can.read_only_root,
+            no_network: want.no_network && can.no_network,
+            ipc_and_hostname: want.private_ipc_and_hostname && can.ipc_and_hostname,
+            seccomp: want.seccomp && can.seccomp,
+        };
+        // A server that is not root gets the others through a user namespace of the job's own.
+        ns.user = can.user && (ns.pid || ns.private_tmp || ns.no_network || ns.ipc_and_hostname);
+        ns
     }
 
     /// Kills everything left of the job once its worker is gone and waits (bounded) until it is reaped.
@@ -340,6 +367,94 @@ impl Containment {
             warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");
         }
     }
+}
+
+/// Finds out which namespaces and filters jobs can get here, each tried for real in a child that sets it up
+/// and exits: a root server with CAP_SYS_ADMIN makes them itself; another gets them inside a user namespace,
+/// if `isolation.user_namespace` and the kernel allow. Logs what is off and why.
+fn probe_isolation(config: &Config, root: bool, cwd: &std::path::Path) -> (Namespaces, Vec<String>) {
+    let mut unavailable = Vec::new();
+    let direct = root && users::has_effective_capability(21);
+    let mut base = Namespaces::default();
+    if !direct {
+        let why = if root { "the server lacks CAP_SYS_ADMIN" } else { "the server is not root" };
+        if !config.isolation.user_namespace {
+            let reason = format!("no namespaces: {why}, and isolation.user_namespace is off");
+            warn!("isolation: {reason}");
+            unavailable.push(reason);
+            let seccomp = crate::process::spawn::probe(Namespaces { seccomp: true, ..base }, cwd).is_ok();
+            return (Namespaces { seccomp, ..base }, unavailable);
+        }
+        match crate::process::spawn::probe(Namespaces { user: true, ..base }, cwd) {
+            Ok(()) => base.user = true,
+            Err(e) => {
+                let reason = format!("no namespaces: {why}, and a user namespace cannot be made ({e})");
+                warn!("isolation: {reason}");
+                unavailable.push(reason);
+                let seccomp = crate::process::spawn::probe(Namespaces { seccomp: true, ..base }, cwd).is_ok();
+                return (Namespaces { seccomp, ..base }, unavailable);
+            }
+        }
+    }
+    let mut available = base;
+    let features = [
+        ("pid namespace", Namespaces { pid: true, ..base }),
+        ("private /tmp", Namespaces { private_tmp: true, ..base }),
+        ("read-only root", Namespaces { private_tmp: true, read_only_root: true, ..base }),
+        ("network namespace", Namespaces { no_network: true, ..base }),
+        ("IPC and UTS namespaces", Namespaces { ipc_and_hostname: true, ..base }),
+        ("seccomp filter", Namespaces { seccomp: true, ..base }),
+    ];
+    for (name, trial) in features {
+        match crate::process::spawn::probe(trial, cwd) {
+            // (The read-only root's trial includes the private /tmp it needs, which has its own.)
+            Ok(()) => {
+                available = available.with(if trial.read_only_root {
+                    Namespaces { read_only_root: true, ..base }
+                } else {
+                    trial
+                })
+            }
+            Err(e) => {
+                let reason = format!("{name} off: {e}");
+                warn!("isolation: {reason}");
+                unavailable.push(reason);
+            }
+        }
+    }
+    info!(detail = %describe_isolation(available, &unavailable), "isolation");
+    (available, unavailable)
+}
+
+/// What the isolation is, for `GetStatus` and the log.
+fn describe_isolation(ns: Namespaces, unavailable: &[String]) -> String {
+    let mut parts = Vec::new();
+    if ns.pid {
+        parts.push("a pid namespace under forkpool's init");
+    }
+    if ns.private_tmp {
+        parts.push("private /tmp and /dev/shm");
+    }
+    if ns.read_only_root {
+        parts.push("a read-only root where configured");
+    }
+    if ns.no_network {
+        parts.push("no network (where configured: network = \"none\")");
+    }
+    if ns.ipc_and_hostname {
+        parts.push("IPC and UTS namespaces");
+    }
+    if ns.seccomp {
+        parts.push("a seccomp deny list");
+    }
+    let via = if ns.user { " (inside a user namespace: the server is not root)" } else { "" };
+    let mut text =
+        if parts.is_empty() { "no namespaces".to_string() } else { format!("each job in {}{via}", parts.join(", ")) };
+    for reason in unavailable {
+        text.push_str("; ");
+        text.push_str(reason);
+    }
+    text
 }
 
 /// Removes a job's directory. An empty one (the common case) is a single rmdir; a tree is removed on a

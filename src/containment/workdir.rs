@@ -70,6 +70,11 @@ impl WorkRoot {
         Ok(WorkRoot { dir, lock_file, _lock: held })
     }
 
+    /// This server's own directory of job directories.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// Creates a job's private directory, owned by `owner` (uid, gid) when given.
     pub(crate) fn create(&self, job_id: &str, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
         let dir = self.dir.join(job_id);

@@ -332,7 +332,12 @@ impl Jobs {
         }
         let reaps = Arc::new(JobReaps::default());
         let (exit_tx, exit_rx) = oneshot::channel();
-        let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
+        let entry = WorkerEntry {
+            exit: exit_tx,
+            reaps: Arc::clone(&reaps),
+            cgroup: container.cgroup_name(),
+            init_report: None,
+        };
         let ticket = Arc::new(SpawnTicket::default());
         let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
         tokio::pin!(spawning);

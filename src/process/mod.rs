@@ -13,4 +13,6 @@ pub(crate) mod reaper;
 pub(crate) mod registry;
 pub(crate) mod signal;
 pub(crate) mod spawn;
+
+pub use spawn::init::{ARGV0 as INIT_ARGV0, main as init_main};
 pub(crate) mod wait;

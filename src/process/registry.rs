@@ -72,12 +72,23 @@ pub(crate) struct WorkerEntry {
     pub(crate) reaps: Arc<JobReaps>,
     /// The job's cgroup name, when it has one: processes reaped from it are the job's.
     pub(crate) cgroup: Option<String>,
+    /// The read end of the init's report pipe, for a worker that is a pid namespace's init (set by the
+    /// spawner): the program's status and the orphans the init reaped, read when the init is reaped.
+    pub(crate) init_report: Option<std::os::fd::OwnedFd>,
+}
+
+/// A live worker, as the reaper needs it.
+#[derive(Debug)]
+pub(super) struct LiveWorker {
+    pub(super) exit: oneshot::Sender<WorkerExit>,
+    pub(super) init_report: Option<std::os::fd::OwnedFd>,
+    pub(super) reaps: Arc<JobReaps>,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Inner {
     /// Live (unreaped) workers by pid.
-    pub(super) workers: HashMap<i32, oneshot::Sender<WorkerExit>>,
+    pub(super) workers: HashMap<i32, LiveWorker>,
     /// Jobs by session id (= worker pid, and sessions of escapers found later), kept until the job is
     /// fully cleaned up.
     pub(super) sessions: HashMap<i32, Arc<JobReaps>>,
@@ -193,7 +204,8 @@ impl Registry {
         let mut inner = lock(&self.inner);
         inner.in_flight.retain(|t| !std::ptr::eq(Arc::as_ptr(t), ticket));
         let pid = cloned?;
-        inner.workers.insert(pid, entry.exit);
+        let worker = LiveWorker { exit: entry.exit, init_report: entry.init_report, reaps: Arc::clone(&entry.reaps) };
+        inner.workers.insert(pid, worker);
         if let Some(cgroup) = &entry.cgroup {
             inner.cgroups.insert(cgroup.clone(), Arc::clone(&entry.reaps));
         }

@@ -31,8 +31,15 @@ fn is_dead(p: &ProcInfo) -> bool {
     proc_info(p.pid).is_none_or(|now| now.start_time != p.start_time || now.state == 'Z')
 }
 
-fn pids_in(text: &str) -> Vec<ProcInfo> {
-    text.split_whitespace().filter_map(|w| w.parse().ok()).filter_map(proc_info).collect()
+/// The numbers a job printed (pids as it sees them).
+fn numbers_in(text: &str) -> Vec<i32> {
+    text.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+}
+
+/// The processes whose pids (as the job sees them, in its pid namespace) the job of `call` printed.
+fn pids_in(call: &OpenCall) -> Vec<ProcInfo> {
+    let worker = call.outcome.pid.expect("started");
+    numbers_in(&call.outcome.stdout_text()).into_iter().filter_map(|n| proc_info(host_pid(worker, n))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,7 +51,8 @@ async fn setsid_and_double_forked_escapers_die_with_their_job() {
         let script = "setsid sleep 1000 & echo $!; (sleep 1000 & echo $!); sleep 0.3; echo ready; sleep 0.5";
         let mut call = OpenCall::open(&mut client, sh(script)).await.expect("open");
         call.wait_stdout("ready").await;
-        let escapers = pids_in(&call.outcome.stdout_text());
+        let escapers = pids_in(&call);
+        let printed = numbers_in(&call.outcome.stdout_text());
         assert_eq!(escapers.len(), 2, "{mode:?}: {escapers:?} from {:?}", call.outcome.stdout_text());
         assert!(escapers.iter().any(|p| p.session == p.pid), "{mode:?}: setsid escaper not in its own session");
         let out = call.finish().await;
@@ -53,8 +61,9 @@ async fn setsid_and_double_forked_escapers_die_with_their_job() {
             assert!(!exists(p), "{mode:?}: escaper {p:?} outlived its job");
         }
         let reaped: Vec<u32> = out.exited.expect("exited").reaped.iter().map(|r| r.pid).collect();
-        for p in &escapers {
-            assert!(reaped.contains(&(p.pid as u32)), "{mode:?}: {} not reported in {reaped:?}", p.pid);
+        // Reported as the job knew them.
+        for pid in &printed {
+            assert!(reaped.contains(&(*pid as u32)), "{mode:?}: {pid} not reported in {reaped:?}");
         }
         server.assert_no_children();
     }
@@ -69,7 +78,7 @@ async fn a_detached_daemon_dies_with_its_job_in_cgroup_mode() {
         "setsid sh -c 'exec sleep 1000' </dev/null >/dev/null 2>&1 & echo $!; sleep 0.3; echo ready; sleep 0.5";
     let mut call = OpenCall::open(&mut client, sh(script)).await.expect("open");
     call.wait_stdout("ready").await;
-    let daemon = pids_in(&call.outcome.stdout_text());
+    let daemon = pids_in(&call);
     assert_eq!(daemon.len(), 1, "{:?}", call.outcome);
     assert_eq!(daemon[0].session, daemon[0].pid, "the daemon left the job's session");
     let out = call.finish().await;
@@ -211,8 +220,12 @@ async fn a_job_with_a_user_runs_as_that_user() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
-    for mode in MODES {
-        let (args, work_root) = server_args(mode, "", "crash");
+    // Each mode with the default pid namespace, and the fallback mode without one (the weakest containment).
+    let cases = [(Mode::Cgroup, true), (Mode::Fallback, true), (Mode::Fallback, false)];
+    for (mode, pid_namespace) in cases {
+        let (extra, name) =
+            if pid_namespace { ("", "crash") } else { ("[isolation]\npid_namespace = false\n", "crash-shared-pids") };
+        let (args, work_root) = server_args(mode, extra, name);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut first = TestServer::start(&args);
         let mut client = first.client().await;
@@ -223,7 +236,7 @@ async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
         let mut call = OpenCall::open(&mut client, sh(script)).await.expect("open");
         let worker = proc_info(call.started().await).expect("worker");
         call.wait_stdout("ready").await;
-        let daemon = pids_in(&call.outcome.stdout_text());
+        let daemon = pids_in(&call);
         assert_eq!(daemon.len(), 1);
         // `ready` can come before the daemon's `setsid`: wait until it has its own session.
         let daemon_pid = daemon[0].pid;
@@ -246,12 +259,16 @@ async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
         assert!(wait_until(Duration::from_secs(5), || is_dead(&worker)), "worker survived the server");
         let daemon_alive_after_crash = !is_dead(&daemon[0]);
         let second = TestServer::start(&args);
-        match mode {
-            Mode::Cgroup => {
+        match (mode, pid_namespace) {
+            (Mode::Cgroup, _) => {
                 // The guardian killed the whole cgroup tree when the server died (tests/crash.rs has the rest).
                 assert!(!daemon_alive_after_crash || wait_until(Duration::from_secs(3), || is_dead(&daemon[0])));
             }
-            Mode::Fallback => {
+            (Mode::Fallback, true) => {
+                // The worker was the namespace's init: when it died, the kernel killed everything in it.
+                assert!(wait_until(Duration::from_secs(3), || is_dead(&daemon[0])), "the daemon outlived its init");
+            }
+            (Mode::Fallback, false) => {
                 // The weaker guarantee, as measured: a process that left the job's session and closed its
                 // pipes before the server could see it is tied to nothing the guardian knows.
                 assert!(daemon_alive_after_crash && !is_dead(&daemon[0]));

@@ -184,7 +184,8 @@ async fn a_dead_guardian_is_reported_and_the_next_start_still_cleans_up() {
     let name = "noguard";
     // A cgroup root of its own: any server starting meanwhile would clean a dead instance in a shared one.
     let root = test_cgroup_root("noguard");
-    let extra = format!("cgroup_root = \"{}\"\n", root.display());
+    // Without a pid namespace: in one, the job's escaper would die with its init (tests/it/isolation.rs).
+    let extra = format!("cgroup_root = \"{}\"\n[isolation]\npid_namespace = false\n", root.display());
     let toml = config(Mode::Cgroup, name, &extra);
     let Some(mut first) = start(Mode::Cgroup, name, &extra, &[]).await else { return };
     let mut client = first.client().await;

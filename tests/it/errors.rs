@@ -36,7 +36,9 @@ async fn every_bad_start_gets_its_own_code_and_message() {
     let mut raw_client = raw_server.client().await;
     let mut catalog_client = catalog_server.client().await;
     let neg = Some(prost_types::Duration { seconds: -1, nanos: 0 });
-    let not_executable = std::env::temp_dir().join(format!("forkpool-not-executable-{}", std::process::id()));
+    // Not under /tmp: each job has a private one.
+    let not_executable =
+        std::path::Path::new("/var/tmp").join(format!("forkpool-not-executable-{}", std::process::id()));
     std::fs::write(&not_executable, "#!/bin/sh\n").expect("write file");
     let not_executable = not_executable.to_str().expect("utf8").to_string();
     let cases: Vec<(&str, bool, Vec<pb::ExecuteRequest>, Code, &str)> = vec![

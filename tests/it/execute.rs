@@ -121,6 +121,9 @@ async fn the_worker_starts_clean_in_its_own_session() {
     let pid = call.started().await;
     let p = proc_info(pid).expect("worker exists");
     assert_eq!((p.session, p.pgrp, p.ppid), (pid, pid, server.pid), "own session and group, child of the server");
+    // In a pid namespace the worker is forkpool's init and the program its child, in the same session.
+    let pid = program_pid(pid);
+    assert_eq!(proc_info(pid).expect("the program").session, p.pid, "the program is in the worker's session");
     // Right after exec the dynamic loader may briefly hold a library open; an inherited fd stays.
     let stdio_only = [0, 1, 2].into_iter().collect();
     let settled = wait_until(Duration::from_secs(2), || fds_of(pid) == stdio_only);

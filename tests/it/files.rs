@@ -173,7 +173,9 @@ async fn malformed_uploads_are_invalid_argument_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_path_leads_out_of_the_job_directory() {
-    let (server, work_root) = server_with("attacks", "");
+    // The server's own checks, with the job's /tmp shared: in a private /tmp (the default) the job could not
+    // even see, or link to, the file outside its directory.
+    let (server, work_root) = server_with("attacks", "[isolation]\nprivate_tmp = false\n");
     let mut client = server.client().await;
     for bad in ["../x", "/etc/passwd", "a/../../x", "a\0b", "", "a//b", "./a"] {
         let out = run(&mut client, with_files(sh("true"), vec![inline(bad, b"x")], &[])).await;
@@ -331,8 +333,9 @@ async fn catalog_jobs_take_files_only_when_configured() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outputs_after_a_timeout_and_after_the_directory_is_gone() {
-    // Dynamic users off: only a job running as root can remove its own directory.
-    let (server, _) = server_with("endings", "[isolation]\ndynamic_users = false\n");
+    // Dynamic users off: only a job running as root can remove its own directory; and no private /tmp, where
+    // the directory is a mount point the job cannot remove.
+    let (server, _) = server_with("endings", "[isolation]\ndynamic_users = false\nprivate_tmp = false\n");
     let mut client = server.client().await;
     let start = pb::StartJob {
         timeout: duration(Duration::from_secs(2)),

@@ -213,7 +213,7 @@ async fn a_client_that_does_not_read_holds_the_job_back_not_the_server_memory() 
     assert_serving(&mut client).await;
     let before = rss_kib(server.pid);
     let mut call = OpenCall::open(&mut client, tty_sh("exec cat /dev/zero")).await.expect("open");
-    let pid = call.started().await;
+    let pid = program_pid(call.started().await);
     let worker = proc_info(pid).expect("worker");
     // However long nobody reads, the job stays blocked in its write to the terminal.
     let blocked = wait_until_async(Duration::from_secs(10), || {

@@ -41,24 +41,79 @@ pub(super) struct ChildPlan {
     /// The server's fd limit, read before the clone: the slow fd-closing fallback closes up to it (the job's
     /// own, lower limit may already be in force then).
     pub(super) fd_limit: libc::c_int,
-    /// Namespace flags (`CLONE_NEWIPC`, `CLONE_NEWUTS`) the child is created with.
+    /// Namespace flags (`CLONE_NEWIPC`, `CLONE_NEWUTS`, `CLONE_NEWPID`, ...) the child is created with.
     pub(super) namespaces: libc::c_int,
+    /// Files to write first thing in a new user namespace (`setgroups`, `uid_map`, `gid_map`).
+    pub(super) user_maps: *const FileWrite,
+    pub(super) user_map_count: usize,
+    /// The mount namespace's set-up, in order.
+    pub(super) fs_ops: *const FsOp,
+    pub(super) fs_op_count: usize,
+    /// Bring the new network namespace's loopback interface up.
+    pub(super) loopback: bool,
+    /// The seccomp filter to install last, or null.
+    pub(super) seccomp: *const libc::sock_fprog,
+    /// With a pid namespace: forkpool's executable (an fd), exec'd as the namespace's init instead of the
+    /// program, which the init then starts; -1 otherwise.
+    pub(super) init_exe: RawFd,
+    /// The init's report pipe (the job's status and the orphans it reaped), handed over as fd 3.
+    pub(super) init_report: RawFd,
+    /// The signal the child sends its parent when it exits: SIGCHLD for a worker; 0 for a probe, which
+    /// makes it a "clone" child that the reaper's waits do not see.
+    pub(super) exit_signal: libc::c_int,
+    /// A probe of the set-up: exit 0 where the exec would be.
+    pub(super) probe: bool,
 }
 
+/// One file write of the set-up: `len` bytes at `data` to the file `path`.
+#[derive(Clone, Copy)]
+pub(super) struct FileWrite {
+    pub(super) path: *const c_char,
+    pub(super) data: *const u8,
+    pub(super) len: usize,
+}
+
+/// One step of a mount namespace's set-up.
+#[derive(Clone, Copy)]
+pub(super) enum FsOp {
+    /// `mount(source, target, fstype, flags, data)`; null pointers where the call takes none.
+    Mount {
+        source: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: libc::c_ulong,
+        data: *const c_char,
+    },
+    /// `mkdir(path, 0755)`; an existing directory is fine.
+    Mkdir(*const c_char),
+    /// `chdir(path)`.
+    Chdir(*const c_char),
+    /// `mount_setattr(path, AT_RECURSIVE, {set, clr})`: read-only on, or off.
+    SetAttr { path: *const c_char, set: u64, clr: u64 },
+}
+
+pub(super) use super::init::{EXEC_STEP, FORK_STEP, INIT_REPORT_FD, INIT_SPAWN_REPORT_FD};
+
 /// The setup steps in the child, in order; a failure reports its index.
-pub(super) const STEPS: [&str; 12] = [
+pub(super) const STEPS: [&str; 18] = [
     "setsid",
     "set the controlling terminal",
     "set the parent-death signal",
     "check the parent",
+    "map the user namespace",
     "join the job's cgroup",
     "set resource limits",
     "change to the working directory",
+    "set up the mount namespace",
+    "bring up the loopback interface",
     "restrict privileges",
     "switch user",
     "set up stdio",
     "close fds",
+    "install the seccomp filter",
     "exec",
+    "exec forkpool's init",
+    "fork the program in the init",
 ];
 
 /// The kernel's `struct clone_args` (version 2, with `cgroup`).
@@ -105,7 +160,7 @@ pub(super) fn clone_child(
         unsafe { child_main(*plan.cast::<ChildPlan>()) }
     }
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD | plan.namespaces;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | plan.exit_signal | plan.namespaces;
     // SAFETY: the child runs `entry` on its own stack (`top`, 16-byte aligned, inside `stack`) while this
     // thread is suspended (CLONE_VFORK) until it execs or exits, so `plan`, everything it points to, the stack
     // and `parent_tid` stay valid and untouched for the child's whole life before exec. All signals are
@@ -132,7 +187,7 @@ fn clone3(plan: &ChildPlan, stack: &mut [u8], cgroup_fd: RawFd, parent_tid: *mut
         flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | plan.namespaces) as u64
             | CLONE_INTO_CGROUP,
         parent_tid: parent_tid as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: plan.exit_signal as u64,
         stack: aligned as u64,
         stack_size: size as u64,
         cgroup: cgroup_fd as u64,
@@ -177,9 +232,9 @@ fn clone3(_: &ChildPlan, _: &mut [u8], _: RawFd, _: *mut libc::c_int) -> Result<
 ///
 /// # Safety
 /// Only to be run as the entry of a `CLONE_VM | CLONE_VFORK` child whose `plan` pointers are valid. Every
-/// call below is async-signal-safe (rt_sigaction, setsid, ioctl(TIOCSCTTY), getpid, send, prctl, capget, capset, getppid, open, write, close, setrlimit,
-/// chdir, setgroups/setresgid/setresuid as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve,
-/// _exit) and no memory is allocated or shared state written, except `errno`,
+/// call below is async-signal-safe (rt_sigaction, setsid, ioctl, getpid, send, prctl, capget, capset, getppid,
+/// poll, open, write, close, setrlimit, chdir, mount, mkdir, mount_setattr, socket, setgroups/setresgid/setresuid
+/// as raw syscalls, dup2, fcntl, close_range, sigprocmask, execve, execveat, _exit) and no memory is allocated or shared state written, except `errno`,
 /// which lives in the suspended parent thread's TLS and is not read by it before it is set again.
 unsafe fn child_main(plan: ChildPlan) -> ! {
     // SAFETY (whole body): see the function's contract.
@@ -205,7 +260,8 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         //    server from now on cannot leave the job's processes behind (fallback mode; best effort: the
         //    guardian logs what it could not track, and a full socket must not stop the job).
         if plan.guardian >= 0 {
-            if plan.announce {
+            // (A pid namespace's init needs none: the namespace dies with it, and it with the server.)
+            if plan.announce && plan.namespaces & libc::CLONE_NEWPID == 0 {
                 announce_session(plan.guardian);
             }
             // The guardian learns of the server's death when every copy of this end is closed.
@@ -215,15 +271,24 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
             fail(plan.report, 2);
         }
-        if libc::getppid() != plan.server_pid {
+        if !server_alive(&plan) {
             *libc::__errno_location() = libc::ESRCH;
             fail(plan.report, 3);
+        }
+        //    A new user namespace (a server that is not root): map the job's uid and gid to the server's own.
+        for i in 0..plan.user_map_count {
+            let write = *plan.user_maps.add(i);
+            let fd = libc::open(write.path, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, write.data.cast(), write.len) != write.len as isize {
+                fail(plan.report, 4);
+            }
+            libc::close(fd);
         }
         // 4. Join the job's cgroup(s) before anything else can be started, so nothing escapes them.
         for i in plan.cgroup_first..plan.cgroup_count {
             let fd = libc::open(*plan.cgroup_procs.add(i), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(plan.report, 4);
+                fail(plan.report, 5);
             }
             libc::close(fd);
         }
@@ -232,12 +297,23 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             let (resource, value) = *plan.rlimits.add(i);
             let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
             if libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) < 0 {
-                fail(plan.report, 5);
+                fail(plan.report, 6);
             }
         }
-        // 6. Working directory.
+        // 6. Working directory (before the mounts: a private /tmp may cover it, and it is bound back from here).
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
-            fail(plan.report, 6);
+            fail(plan.report, 7);
+        }
+        //    The mount namespace: private propagation, private /tmp and /dev/shm, the working directory bound
+        //    back, /proc of the job's own pid namespace, a read-only system.
+        for i in 0..plan.fs_op_count {
+            if !fs_op(*plan.fs_ops.add(i)) {
+                fail(plan.report, 8);
+            }
+        }
+        //    A new network namespace has a loopback interface, down.
+        if plan.loopback && !loopback_up() {
+            fail(plan.report, 9);
         }
         // 7. No privilege can be gained from here on (setuid binaries, file capabilities), and, from a root
         //    server, none kept but what the job's config names: the bounding set limits what even a root job
@@ -250,7 +326,7 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                     if *libc::__errno_location() == libc::EINVAL {
                         break;
                     }
-                    fail(plan.report, 7);
+                    fail(plan.report, 10);
                 }
             }
         }
@@ -263,11 +339,11 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             data[0].inheritable &= plan.keep_caps as u32;
             data[1].inheritable &= (plan.keep_caps >> 32) as u32;
             if libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) < 0 {
-                fail(plan.report, 7);
+                fail(plan.report, 10);
             }
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
-            fail(plan.report, 7);
+            fail(plan.report, 10);
         }
         // 8. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
         //    thread of the (shared-memory) parent.
@@ -277,16 +353,16 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                 || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
                 || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
             {
-                fail(plan.report, 8);
+                fail(plan.report, 11);
             }
             //    A change of the effective uid or gid clears the parent-death signal (prctl(2)): set it again,
             //    and look again whether the server is still there.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
-                fail(plan.report, 8);
+                fail(plan.report, 11);
             }
-            if libc::getppid() != plan.server_pid {
+            if !server_alive(&plan) {
                 *libc::__errno_location() = libc::ESRCH;
-                fail(plan.report, 8);
+                fail(plan.report, 11);
             }
         }
         // 9. stdin/stdout/stderr from the pipes (or all three the pty slave). dup2 clears close-on-exec on the
@@ -294,22 +370,135 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         for (target, fd) in (0..).zip(plan.stdio) {
             let ok = if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) >= 0 } else { libc::dup2(fd, target) >= 0 };
             if !ok {
-                fail(plan.report, 9);
+                fail(plan.report, 12);
             }
         }
         // 10. No other fd survives exec. Marking them close-on-exec (rather than closing) keeps the report
         //    pipe usable until the exec itself closes it.
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if marked < 0 && !close_fds_slowly(plan.report, plan.fd_limit) {
-            fail(plan.report, 10);
+        if marked < 0 && !close_fds_slowly([plan.report, plan.init_report, plan.init_exe], plan.fd_limit) {
+            fail(plan.report, 13);
         }
-        // 11. Unblock everything (dispositions are all default now) and exec.
+        //    The init keeps two of them: its report pipe as fd 3, the spawn's as fd 4 (moved out of the way
+        //    first, as either may sit at 3 or 4 now).
+        let mut report = plan.report;
+        if plan.init_exe >= 0 {
+            let init_report = libc::fcntl(plan.init_report, libc::F_DUPFD_CLOEXEC, 10);
+            let spawn_report = libc::fcntl(plan.report, libc::F_DUPFD_CLOEXEC, 10);
+            if init_report < 0
+                || spawn_report < 0
+                || libc::dup2(init_report, INIT_REPORT_FD) < 0
+                || libc::dup2(spawn_report, INIT_SPAWN_REPORT_FD) < 0
+            {
+                fail(plan.report, 13);
+            }
+            report = INIT_SPAWN_REPORT_FD;
+        }
+        // 11. The seccomp filter, last: it may deny calls the set-up needs.
+        if !plan.seccomp.is_null()
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, plan.seccomp, 0, 0) < 0
+        {
+            fail(report, 14);
+        }
+        // 12. Unblock everything (dispositions are all default now) and exec; the init unblocks after its own
+        //     set-up, and its program before exec.
+        if plan.probe {
+            libc::_exit(0);
+        }
+        if plan.init_exe >= 0 {
+            libc::syscall(libc::SYS_execveat, plan.init_exe, c"".as_ptr(), plan.argv, plan.envp, libc::AT_EMPTY_PATH);
+            fail(report, 16)
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(plan.program, plan.argv, plan.envp);
-        fail(plan.report, 11)
+        fail(report, EXEC_STEP)
+    }
+}
+
+/// Whether the server (the spawner thread that created the child) still exists. In the server's pid
+/// namespace: the parent is still the server. In a new one, where `getppid` is 0 whoever the parent is: the
+/// server's end of the report pipe is still open.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+unsafe fn server_alive(plan: &ChildPlan) -> bool {
+    // SAFETY: getppid and poll are async-signal-safe; `fd` is a local.
+    unsafe {
+        if plan.namespaces & libc::CLONE_NEWPID == 0 {
+            return libc::getppid() == plan.server_pid;
+        }
+        let mut fd = libc::pollfd { fd: plan.report, events: 0, revents: 0 };
+        libc::poll(&mut fd, 1, 0) >= 0 && fd.revents & libc::POLLERR == 0
+    }
+}
+
+/// Runs one step of the mount namespace's set-up.
+///
+/// # Safety
+/// Same contract as [`child_main`]; the op's pointers are valid C strings or null.
+unsafe fn fs_op(op: FsOp) -> bool {
+    // SAFETY: mount, mkdir, chdir and mount_setattr are plain system calls; `attr` is a local.
+    unsafe {
+        match op {
+            FsOp::Mount { source, target, fstype, flags, data } => {
+                libc::mount(source, target, fstype, flags, data.cast()) == 0
+            }
+            FsOp::Mkdir(path) => libc::mkdir(path, 0o755) == 0 || *libc::__errno_location() == libc::EEXIST,
+            FsOp::Chdir(path) => libc::chdir(path) == 0,
+            FsOp::SetAttr { path, set, clr } => {
+                let attr = MountAttr { set, clr, propagation: 0, userns_fd: 0 };
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    path,
+                    libc::AT_RECURSIVE as libc::c_uint,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) == 0
+            }
+        }
+    }
+}
+
+/// The kernel's `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    set: u64,
+    clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// The kernel's `struct ifreq`, as `SIOCGIFFLAGS`/`SIOCSIFFLAGS` use it (40 bytes).
+#[repr(C)]
+struct InterfaceFlags {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Sets the loopback interface of the (new) network namespace up.
+///
+/// # Safety
+/// Same contract as [`child_main`].
+unsafe fn loopback_up() -> bool {
+    // SAFETY: socket, ioctl and close are async-signal-safe; `request` is a local of the kernel's layout.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return false;
+        }
+        let mut request = InterfaceFlags { name: [0; 16], flags: 0, _pad: [0; 22] };
+        request.name[..2].copy_from_slice(b"lo");
+        let ok = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request as *mut InterfaceFlags) == 0 && {
+            request.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(socket, libc::SIOCSIFFLAGS, &request as *const InterfaceFlags) == 0
+        };
+        libc::close(socket);
+        ok
     }
 }
 
@@ -368,15 +557,15 @@ unsafe fn reset_signal(sig: libc::c_int) {
 
 /// Fallback where `close_range` is missing (kernels before 5.11) or refused (seccomp filters of older
 /// container runtimes): closes every fd from 3 up to the server's fd limit (`limit`, read before the job's own
-/// limit was set) except the report pipe, which is close-on-exec already.
+/// limit was set) except `keep` (the report pipes and the init's executable), which are close-on-exec already.
 ///
 /// # Safety
 /// Same contract as [`child_main`].
-unsafe fn close_fds_slowly(keep: RawFd, limit: libc::c_int) -> bool {
+unsafe fn close_fds_slowly(keep: [RawFd; 3], limit: libc::c_int) -> bool {
     // SAFETY: close is async-signal-safe.
     unsafe {
         for fd in 3..limit {
-            if fd != keep {
+            if !keep.contains(&fd) {
                 libc::close(fd);
             }
         }
@@ -418,5 +607,14 @@ unsafe fn fail(report: RawFd, step: u32) -> ! {
         let buf = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
         libc::write(report, buf.as_ptr().cast(), buf.len());
         libc::_exit(127)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_init_reports_the_steps_it_means() {
+        assert_eq!(super::STEPS[super::EXEC_STEP as usize], "exec");
+        assert_eq!(super::STEPS[super::FORK_STEP as usize], "fork the program in the init");
     }
 }

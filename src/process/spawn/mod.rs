@@ -41,12 +41,14 @@ use crate::process::registry::{Registration, Registry, SpawnTicket, WorkerEntry}
 
 mod child;
 mod fork;
+pub(crate) mod init;
 mod pty;
+mod seccomp;
 
 pub(crate) use fork::fork_guardian;
 pub(crate) use pty::TerminalSpec;
 
-use child::{ChildPlan, STEPS, clone_child};
+use child::{ChildPlan, FileWrite, FsOp, STEPS, clone_child};
 
 /// Capacity asked for the stdout and stderr pipes.
 const OUTPUT_PIPE_BYTES: libc::c_int = 1 << 20;
@@ -62,6 +64,7 @@ pub(crate) struct Command {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: Option<CString>,
+    cwd_path: Option<PathBuf>,
     cgroup_dir: Option<CString>,
     cgroup_procs: Vec<CString>,
     rlimits: Vec<(libc::c_int, u64)>,
@@ -71,6 +74,90 @@ pub(crate) struct Command {
     drop_capabilities: bool,
     keep_caps: u64,
     namespaces: libc::c_int,
+    /// Files to write in a new user namespace, `(path, content)`.
+    user_maps: Vec<(CString, Vec<u8>)>,
+    /// The mount namespace's set-up.
+    fs: Vec<FsStep>,
+    /// Bring up the new network namespace's loopback interface.
+    loopback: bool,
+    /// Install the seccomp deny list.
+    seccomp: bool,
+    /// Run under forkpool's init (a pid namespace): its argv, `forkpool-init PROGRAM ARGV...`.
+    init_argv: Option<Vec<CString>>,
+}
+
+/// One step of a mount namespace's set-up, owning its strings (see [`FsOp`]).
+#[derive(Debug)]
+enum FsStep {
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+    Mkdir(CString),
+    Chdir(CString),
+    SetAttr {
+        path: CString,
+        set: u64,
+        clr: u64,
+    },
+}
+
+impl FsStep {
+    fn op(&self) -> FsOp {
+        let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        match self {
+            FsStep::Mount { source, target, fstype, flags, data } => FsOp::Mount {
+                source: ptr(source),
+                target: target.as_ptr(),
+                fstype: ptr(fstype),
+                flags: *flags,
+                data: ptr(data),
+            },
+            FsStep::Mkdir(path) => FsOp::Mkdir(path.as_ptr()),
+            FsStep::Chdir(path) => FsOp::Chdir(path.as_ptr()),
+            FsStep::SetAttr { path, set, clr } => FsOp::SetAttr { path: path.as_ptr(), set: *set, clr: *clr },
+        }
+    }
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+impl Namespaces {
+    /// Everything in `self` or `other`.
+    pub(crate) fn with(self, other: Namespaces) -> Namespaces {
+        Namespaces {
+            user: self.user || other.user,
+            pid: self.pid || other.pid,
+            private_tmp: self.private_tmp || other.private_tmp,
+            read_only_root: self.read_only_root || other.read_only_root,
+            no_network: self.no_network || other.no_network,
+            ipc_and_hostname: self.ipc_and_hostname || other.ipc_and_hostname,
+            seccomp: self.seccomp || other.seccomp,
+        }
+    }
+}
+
+/// Which namespaces (and filters) a worker gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Namespaces {
+    /// A user namespace mapping the job's uid and gid to the server's (a server that is not root).
+    pub(crate) user: bool,
+    /// A pid namespace under forkpool's init, with its own /proc.
+    pub(crate) pid: bool,
+    /// A mount namespace with private /tmp and /dev/shm.
+    pub(crate) private_tmp: bool,
+    /// The system read-only (with `private_tmp`).
+    pub(crate) read_only_root: bool,
+    /// An empty network namespace with its own loopback.
+    pub(crate) no_network: bool,
+    /// IPC and UTS namespaces.
+    pub(crate) ipc_and_hostname: bool,
+    /// The seccomp deny list.
+    pub(crate) seccomp: bool,
 }
 
 impl Command {
@@ -99,6 +186,7 @@ impl Command {
             argv,
             envp,
             cwd: None,
+            cwd_path: None,
             cgroup_dir: None,
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
@@ -107,12 +195,18 @@ impl Command {
             drop_capabilities: false,
             keep_caps: 0,
             namespaces: 0,
+            user_maps: Vec::new(),
+            fs: Vec::new(),
+            loopback: false,
+            seccomp: false,
+            init_argv: None,
         })
     }
 
     /// Runs the worker in `dir`.
     pub(crate) fn cwd(mut self, dir: &Path) -> Result<Self, SpawnError> {
         self.cwd = Some(path_cstring(dir)?);
+        self.cwd_path = Some(dir.to_path_buf());
         Ok(self)
     }
 
@@ -155,11 +249,110 @@ impl Command {
         self
     }
 
-    /// Creates the worker in new IPC and UTS namespaces (SysV IPC, POSIX message queues and the hostname of
-    /// its own): needs CAP_SYS_ADMIN.
-    pub(crate) fn private_ipc_and_hostname(mut self, on: bool) -> Self {
-        self.namespaces = if on { libc::CLONE_NEWIPC | libc::CLONE_NEWUTS } else { 0 };
-        self
+    /// Creates the worker in these namespaces (IPC and UTS, pid, mount, network need CAP_SYS_ADMIN or a user
+    /// namespace), with the seccomp filter. Call after [`Command::cwd`]: the working directory is kept visible.
+    pub(crate) fn namespaces(mut self, ns: Namespaces) -> Result<Self, SpawnError> {
+        let mut flags = 0;
+        if ns.ipc_and_hostname {
+            flags |= libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        }
+        if ns.user {
+            flags |= libc::CLONE_NEWUSER;
+            let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+            self.user_maps = vec![
+                (c"/proc/self/setgroups".into(), b"deny".to_vec()),
+                (c"/proc/self/uid_map".into(), format!("{uid} {uid} 1\n").into_bytes()),
+                (c"/proc/self/gid_map".into(), format!("{gid} {gid} 1\n").into_bytes()),
+            ];
+        }
+        if ns.pid || ns.private_tmp {
+            flags |= libc::CLONE_NEWNS;
+            self.fs = self.mount_steps(ns)?;
+        }
+        if ns.pid {
+            flags |= libc::CLONE_NEWPID;
+            let mut argv = vec![CString::new(init::ARGV0).map_err(|_| SpawnError::InvalidCommand("init".into()))?];
+            argv.push(self.program.clone());
+            argv.extend(self.argv.iter().cloned());
+            self.init_argv = Some(argv);
+        }
+        if ns.no_network {
+            flags |= libc::CLONE_NEWNET;
+            self.loopback = true;
+        }
+        self.namespaces = flags;
+        self.seccomp = ns.seccomp;
+        Ok(self)
+    }
+
+    /// The mount namespace's set-up: nothing propagates back to the host; a read-only system; empty tmpfs on
+    /// `/tmp` and `/dev/shm`; the working directory bound back where a tmpfs covers it (from the child's
+    /// current directory, entered before the mounts) and writable; `/proc` of the job's pid namespace.
+    fn mount_steps(&self, ns: Namespaces) -> Result<Vec<FsStep>, SpawnError> {
+        let c = |p: &Path| path_cstring(p);
+        let mut steps = vec![FsStep::Mount {
+            source: None,
+            target: c"/".into(),
+            fstype: None,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: None,
+        }];
+        let read_only = ns.private_tmp && ns.read_only_root;
+        if read_only {
+            steps.push(FsStep::SetAttr { path: c"/".into(), set: MOUNT_ATTR_RDONLY, clr: 0 });
+        }
+        let cwd = self.cwd_path.clone();
+        let mut covered = false;
+        if ns.private_tmp {
+            for dir in ["/tmp", "/dev/shm"] {
+                if !Path::new(dir).is_dir() {
+                    continue;
+                }
+                steps.push(FsStep::Mount {
+                    source: Some(c"tmpfs".into()),
+                    target: c(Path::new(dir))?,
+                    fstype: Some(c"tmpfs".into()),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                    data: Some(c"mode=1777".into()),
+                });
+                if let Some(cwd) = &cwd
+                    && let Ok(below) = cwd.strip_prefix(dir)
+                    && !below.as_os_str().is_empty()
+                {
+                    covered = true;
+                    let mut path = PathBuf::from(dir);
+                    for part in below.components() {
+                        path.push(part);
+                        steps.push(FsStep::Mkdir(c(&path)?));
+                    }
+                }
+            }
+        }
+        if let Some(cwd) = &cwd
+            && (covered || read_only)
+        {
+            steps.push(FsStep::Mount {
+                source: Some(c".".into()),
+                target: c(cwd)?,
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None,
+            });
+            if read_only {
+                steps.push(FsStep::SetAttr { path: c(cwd)?, set: 0, clr: MOUNT_ATTR_RDONLY });
+            }
+            steps.push(FsStep::Chdir(c(cwd)?));
+        }
+        if ns.pid {
+            steps.push(FsStep::Mount {
+                source: Some(c"proc".into()),
+                target: c"/proc".into(),
+                fstype: Some(c"proc".into()),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: None,
+            });
+        }
+        Ok(steps)
     }
 
     /// Runs the worker under a new pseudo-terminal (its stdio and controlling terminal) instead of pipes.
@@ -300,6 +493,8 @@ struct Threads {
     guardian_fd: std::os::fd::RawFd,
     /// Workers announce their session to the guardian (fallback mode).
     announce: bool,
+    /// This executable, exec'd as the init of a job's pid namespace; `None` if it cannot be opened.
+    init_exe: Option<OwnedFd>,
 }
 
 /// Handle to the spawner threads.
@@ -327,6 +522,9 @@ impl Spawner {
             started: AtomicUsize::new(0),
             guardian_fd: guardian_fd.unwrap_or(-1),
             announce,
+            init_exe: open_own_executable()
+                .inspect_err(|e| warn!(error = %e, "cannot open the init's executable: jobs get no pid namespace"))
+                .ok(),
         });
         start_thread(&threads)?;
         Ok(Spawner { requests, threads })
@@ -373,8 +571,13 @@ fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
             threads.queued.fetch_sub(1, Ordering::AcqRel);
             let Ok(Request { command, entry, ticket, reply }) = next else { break };
             let registry = &threads.registry;
-            let guardian = (threads.guardian_fd, threads.announce);
-            let result = spawn_one(registry, &mut stack, server_pid, guardian, &command, entry, &ticket);
+            let parent = Parent {
+                server_pid,
+                guardian_fd: threads.guardian_fd,
+                announce: threads.announce,
+                init_exe: threads.init_exe.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+            };
+            let result = spawn_one(registry, &mut stack, parent, &command, entry, &ticket);
             if let Err(Ok(orphaned)) = reply.send(result) {
                 // The job went away during the spawn: nobody would ever end this worker.
                 registry
@@ -392,6 +595,95 @@ fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
     }
 }
 
+/// Tries a worker's set-up with `ns` in `cwd` without executing anything: `Err` names the step the kernel
+/// refused and why. Runs the clone on a thread of its own with every signal blocked (as the spawner threads),
+/// as a "clone" child (no exit signal) that the reaper never sees, and waits for it.
+pub(crate) fn probe(ns: Namespaces, cwd: &Path) -> Result<(), SpawnError> {
+    let command = Command::new(&["true".to_string()], &BTreeMap::from([("PATH".into(), "/bin".into())]))
+        .or_else(|_| Command::new(&["/proc/self/exe".to_string()], &BTreeMap::new()))?
+        .cwd(cwd)?
+        .namespaces(ns)?
+        .privileges(ns.user, 0);
+    let probing = std::thread::Builder::new().name("forkpool-probe".into()).spawn(move || {
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(SpawnError::Resources)?;
+        let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources)?;
+        let user_maps: Vec<FileWrite> = command
+            .user_maps
+            .iter()
+            .map(|(path, data)| FileWrite { path: path.as_ptr(), data: data.as_ptr(), len: data.len() })
+            .collect();
+        let fs_ops: Vec<FsOp> = command.fs.iter().map(FsStep::op).collect();
+        let seccomp = if command.seccomp { seccomp::filter() } else { None };
+        let nul: [*const c_char; 1] = [std::ptr::null()];
+        let mut plan = ChildPlan {
+            program: command.program.as_ptr(),
+            argv: nul.as_ptr(),
+            envp: nul.as_ptr(),
+            cwd: command.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            cgroup_procs: std::ptr::null(),
+            cgroup_count: 0,
+            cgroup_first: 0,
+            rlimits: std::ptr::null(),
+            rlimit_count: 0,
+            ids: None,
+            drop_capabilities: command.drop_capabilities,
+            keep_caps: 0,
+            cap_last: cap_last(),
+            stdio: [0, 1, 2],
+            ctty: -1,
+            report: report_w.as_raw_fd(),
+            server_pid: getpid().as_raw(),
+            guardian: -1,
+            announce: false,
+            fd_limit: 1024,
+            namespaces: command.namespaces,
+            user_maps: user_maps.as_ptr(),
+            user_map_count: user_maps.len(),
+            fs_ops: fs_ops.as_ptr(),
+            fs_op_count: fs_ops.len(),
+            loopback: command.loopback,
+            seccomp: seccomp.map_or(std::ptr::null(), |p| p as *const libc::sock_fprog),
+            init_exe: -1,
+            init_report: -1,
+            exit_signal: 0,
+            probe: true,
+        };
+        let mut stack = vec![0u8; CHILD_STACK_BYTES];
+        let mut pid = 0;
+        let child = clone_child(&mut plan, &mut stack, None, &mut pid).map_err(SpawnError::Resources)?;
+        drop(report_w);
+        let mut report = [0u8; 8];
+        let read = nix::unistd::read(&report_r, &mut report);
+        let mut status = 0;
+        // SAFETY: `status` is a local; `child` is this thread's clone child, waited for only here.
+        unsafe { libc::waitpid(child, &mut status, libc::__WCLONE) };
+        match read {
+            Ok(8) => {
+                let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                let step = STEPS.get(step).copied().unwrap_or("setup");
+                Err(SpawnError::Exec { program: "probe".into(), step, errno: Errno::from_raw(errno) })
+            }
+            _ => Ok(()),
+        }
+    });
+    probing.map_err(|_| SpawnError::Resources(Errno::EAGAIN))?.join().unwrap_or(Err(SpawnError::SpawnerGone))
+}
+
+/// Opens the init's executable for `execveat` (kept open: it is the one started with, even if the file is
+/// replaced later): `forkpool-init` beside this executable, or this executable itself (which runs as the init
+/// under that name).
+fn open_own_executable() -> std::io::Result<OwnedFd> {
+    let small = std::env::current_exe().map(|exe| exe.with_file_name(init::ARGV0));
+    if let Ok(small) = small
+        && access(&small, AccessFlags::X_OK).is_ok()
+        && let Ok(file) = std::fs::File::open(&small)
+    {
+        return Ok(file.into());
+    }
+    Ok(std::fs::File::open("/proc/self/exe")?.into())
+}
+
 /// The spawner thread is the parent of record for `PR_SET_PDEATHSIG`: it must never exit.
 fn park_forever() -> ! {
     loop {
@@ -399,13 +691,25 @@ fn park_forever() -> ! {
     }
 }
 
+/// What a spawner thread hands every child of the server's own.
+#[derive(Debug, Clone, Copy)]
+struct Parent {
+    /// The server's pid: the parent a child checks it still has.
+    server_pid: libc::pid_t,
+    /// The server's end of the guardian's socket, or -1.
+    guardian_fd: std::os::fd::RawFd,
+    /// Workers announce their session to the guardian.
+    announce: bool,
+    /// This executable, for a pid namespace's init, or -1.
+    init_exe: std::os::fd::RawFd,
+}
+
 fn spawn_one(
     registry: &Arc<Registry>,
     stack: &mut [u8],
-    server_pid: libc::pid_t,
-    (guardian_fd, announce): (std::os::fd::RawFd, bool),
+    Parent { server_pid, guardian_fd, announce, init_exe }: Parent,
     command: &Command,
-    entry: WorkerEntry,
+    mut entry: WorkerEntry,
     ticket: &Arc<SpawnTicket>,
 ) -> Result<Spawned, SpawnError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
@@ -443,8 +747,32 @@ fn spawn_one(
         .filter_map(|link| link.to_str().map(String::from))
         .collect();
     let (report_r, report_w) = pipe()?;
+    // Under an init (a pid namespace): its argv, and its report pipe, read by the reaper when it is reaped.
+    let init_report = match &command.init_argv {
+        Some(_) if init_exe < 0 => {
+            return Err(SpawnError::Exec {
+                program: command.display.clone(),
+                step: "open /proc/self/exe",
+                errno: Errno::ENOENT,
+            });
+        }
+        Some(_) => {
+            let (read, write) = pipe()?;
+            entry.init_report = Some(read);
+            Some(write)
+        }
+        None => None,
+    };
     let nul = std::iter::once(std::ptr::null());
-    let argv: Vec<*const c_char> = command.argv.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
+    let argv: Vec<*const c_char> =
+        command.init_argv.as_ref().unwrap_or(&command.argv).iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
+    let user_maps: Vec<FileWrite> = command
+        .user_maps
+        .iter()
+        .map(|(path, data)| FileWrite { path: path.as_ptr(), data: data.as_ptr(), len: data.len() })
+        .collect();
+    let fs_ops: Vec<FsOp> = command.fs.iter().map(FsStep::op).collect();
+    let seccomp = if command.seccomp { seccomp::filter() } else { None };
     let envp: Vec<*const c_char> = command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect();
     let cgroup_procs: Vec<*const c_char> = command.cgroup_procs.iter().map(|p| p.as_ptr()).collect();
     // Read here, before the child lowers RLIMIT_NOFILE for the job: the slow fd-closing fallback must reach
@@ -473,6 +801,16 @@ fn spawn_one(
         announce,
         fd_limit: libc::c_int::try_from(fd_limit).unwrap_or(libc::c_int::MAX),
         namespaces: command.namespaces,
+        user_maps: user_maps.as_ptr(),
+        user_map_count: user_maps.len(),
+        fs_ops: fs_ops.as_ptr(),
+        fs_op_count: fs_ops.len(),
+        loopback: command.loopback,
+        seccomp: seccomp.map_or(std::ptr::null(), |p| p as *const libc::sock_fprog),
+        init_exe: if init_report.is_some() { init_exe } else { -1 },
+        init_report: init_report.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        exit_signal: libc::SIGCHLD,
+        probe: false,
     };
     // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
     let cgroup_dir = match &command.cgroup_dir {
@@ -497,7 +835,7 @@ fn spawn_one(
     let pid = registration.worker();
     drop(cgroup_dir);
     // Our copies of the child's ends must close, or EOF would never come.
-    drop((child_ends, report_w));
+    drop((child_ends, report_w, init_report));
     let mut report = [0u8; 8];
     let read = loop {
         match nix::unistd::read(&report_r, &mut report) {
@@ -512,9 +850,13 @@ fn spawn_one(
             drop(registration);
             let (step, errno) = match other {
                 Ok(8) => {
-                    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
-                    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-                    (STEPS.get(step).copied().unwrap_or("setup"), Errno::from_raw(errno))
+                    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+                    let errno = Errno::from_raw(i32::from_ne_bytes([report[4], report[5], report[6], report[7]]));
+                    // The init could not fork the program: the OS refused a process, as a clone here would.
+                    if step == child::FORK_STEP {
+                        return Err(SpawnError::Resources(errno));
+                    }
+                    (STEPS.get(step as usize).copied().unwrap_or("setup"), errno)
                 }
                 Ok(_) => ("setup", Errno::EIO),
                 Err(e) => ("read the exec report", e),

@@ -40,9 +40,45 @@ pub fn all_processes() -> Vec<ProcInfo> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(proc_info).collect()
 }
 
-/// Processes in session `sid` (a job's worker pid).
+/// The job's processes in session `sid` (a job's worker pid). In a pid namespace, the worker is forkpool's init,
+/// which is not the job's: it is left out (the tests check it is gone with `assert_no_children`).
 pub fn session_members(sid: i32) -> Vec<ProcInfo> {
-    all_processes().into_iter().filter(|p| p.session == sid).collect()
+    all_processes().into_iter().filter(|p| p.session == sid && p.comm != "forkpool-init").collect()
+}
+
+/// The job's program: the worker itself, or, where the worker is forkpool's init (a pid namespace), the
+/// init's first child.
+pub fn program_pid(worker: i32) -> i32 {
+    if proc_info(worker).is_none_or(|p| p.comm != "forkpool-init") {
+        return worker;
+    }
+    let mut found = -1;
+    wait_until(Duration::from_secs(5), || {
+        found =
+            all_processes().into_iter().filter(|p| p.ppid == worker).min_by_key(|p| p.start_time).map_or(-1, |p| p.pid);
+        found > 0
+    });
+    found
+}
+
+/// The pid, as the host sees it, of the process a job knows as `ns_pid` (what `$$` and `$!` print in a job
+/// in a pid namespace), in the pid namespace of worker `worker` (its init); `ns_pid` itself when the worker
+/// is in the host's namespace.
+pub fn host_pid(worker: i32, ns_pid: i32) -> i32 {
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(job_ns) = ns(worker) else { return ns_pid };
+    if ns(std::process::id() as i32).as_ref() == Some(&job_ns) {
+        return ns_pid;
+    }
+    all_processes()
+        .into_iter()
+        .find(|p| {
+            ns(p.pid).as_ref() == Some(&job_ns)
+                && status_field(p.pid, "NSpid")
+                    .and_then(|v| v.split_whitespace().last().and_then(|n| n.parse::<i32>().ok()))
+                    == Some(ns_pid)
+        })
+        .map_or(-1, |p| p.pid)
 }
 
 /// Whether the very process `p` (same pid and start time) still exists (a zombie counts as existing).
