@@ -53,6 +53,17 @@ struct ServeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Concurrent jobs [default: number of CPUs].
+    /// Send GOAWAY on connections older than this (running calls go on), so clients reconnect and reach new
+    /// replicas, e.g. `5m` [default: the config's, else never].
+    #[arg(long, value_parser = parse_duration)]
+    max_connection_age: Option<Duration>,
+    /// Close a connection this long after its GOAWAY even if calls still run [default: never].
+    #[arg(long, value_parser = parse_duration)]
+    max_connection_age_grace: Option<Duration>,
+    /// Send a heartbeat event on calls that have sent nothing for this long, for proxies with idle timeouts
+    /// [default: the config's, else only for calls that ask].
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat_interval: Option<Duration>,
     #[arg(long)]
     workers: Option<usize>,
     /// Calls that may wait for a worker [default: 64].
@@ -292,6 +303,9 @@ async fn serve(args: ServeArgs, guardian: Option<forkpool::containment::guardian
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
     }
+    config.max_connection_age = args.max_connection_age.or(config.max_connection_age);
+    config.max_connection_age_grace = args.max_connection_age_grace.or(config.max_connection_age_grace);
+    config.heartbeat_interval = args.heartbeat_interval.or(config.heartbeat_interval);
     if let Some(mode) = args.cgroups {
         config.cgroups = mode;
     }

@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::{self, execute_request::Msg, execute_response::Event, executor_client::ExecutorClient};
 
@@ -62,15 +63,74 @@ pub type Client = ExecutorClient<tonic::service::interceptor::InterceptedService
 
 /// Connects to a forkpool server.
 pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
+    let urls: Vec<&str> = connection.server.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    // Every address of every URL (a DNS name may have several), each an endpoint that keeps the URL's own
+    // name as its authority and TLS name.
+    let mut endpoints = Vec::new();
+    for url in &urls {
+        for address in resolve(url).await? {
+            endpoints.push(endpoint(connection, url, address.as_deref())?);
+        }
+    }
     let server = &connection.server;
-    let mut endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("invalid server URL {server:?}"))?
+    let channel = match endpoints.len() {
+        0 => anyhow::bail!("no server address in {server:?}"),
+        1 => endpoints.remove(0).connect().await.with_context(|| format!("cannot connect to {server}"))?,
+        // Several replicas: calls are spread over those that answer now (one that is down would fail the
+        // calls the balancer gave it).
+        _ => {
+            let mut tries = tokio::task::JoinSet::new();
+            for endpoint in endpoints {
+                tries.spawn(async move { endpoint.connect().await.map(|_| endpoint) });
+            }
+            let mut up: Vec<Endpoint> = tries.join_all().await.into_iter().filter_map(Result::ok).collect();
+            match up.len() {
+                0 => anyhow::bail!("cannot connect to any of {server}"),
+                1 => up.remove(0).connect().await.with_context(|| format!("cannot connect to {server}"))?,
+                _ => Channel::balance_list(up.into_iter()),
+            }
+        }
+    };
+    let token = match &connection.token {
+        Some(token) => Some(format!("Bearer {token}").parse().context("the token is not valid ASCII metadata")?),
+        None => None,
+    };
+    Ok(ExecutorClient::with_interceptor(channel, Credentials(token)))
+}
+
+/// The addresses (`IP:PORT`) of a URL whose host is a DNS name with several of them, or `[None]`: connect to
+/// the URL as it is.
+async fn resolve(url: &str) -> anyhow::Result<Vec<Option<String>>> {
+    let uri: Uri = url.parse().with_context(|| format!("invalid server URL {url:?}"))?;
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else { return Ok(vec![None]) };
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Ok(vec![None]);
+    }
+    let addresses: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(found) => found.collect(),
+        Err(_) => return Ok(vec![None]),
+    };
+    Ok(if addresses.len() > 1 { addresses.iter().map(|a| Some(a.to_string())).collect() } else { vec![None] })
+}
+
+/// An endpoint for `url`, or for one of its addresses (`IP:PORT`) with `url` as its authority.
+fn endpoint(connection: &Connection, url: &str, address: Option<&str>) -> anyhow::Result<Endpoint> {
+    let target = match address {
+        Some(address) => format!("{}://{address}", if url.starts_with("https://") { "https" } else { "http" }),
+        None => url.to_string(),
+    };
+    let mut endpoint = Channel::from_shared(target)
+        .with_context(|| format!("invalid server URL {url:?}"))?
         // Large receive windows: with HTTP/2's default 64 KiB the server stalls for a round trip every
         // 64 KiB of a job's output.
         .initial_stream_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW * 2)
         // Lets a whole 64 KiB output chunk travel in one DATA frame.
         .max_frame_size(256 * 1024);
+    if address.is_some() {
+        endpoint = endpoint.origin(url.parse().with_context(|| format!("invalid server URL {url:?}"))?);
+    }
+    let server = url;
     if server.starts_with("https://") || connection.ca_cert.is_some() || connection.identity.is_some() {
         let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
         if let Some(ca) = &connection.ca_cert {
@@ -82,17 +142,17 @@ pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
             let key = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
             tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
-        if let Some(domain) = &connection.domain {
-            tls = tls.domain_name(domain.clone());
+        match (&connection.domain, address) {
+            (Some(domain), _) => tls = tls.domain_name(domain.clone()),
+            (None, Some(_)) => {
+                let uri: Uri = url.parse()?;
+                tls = tls.domain_name(uri.host().unwrap_or_default().to_string());
+            }
+            (None, None) => {}
         }
         endpoint = endpoint.tls_config(tls)?;
     }
-    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {server}"))?;
-    let token = match &connection.token {
-        Some(token) => Some(format!("Bearer {token}").parse().context("the token is not valid ASCII metadata")?),
-        None => None,
-    };
-    Ok(ExecutorClient::with_interceptor(channel, Credentials(token)))
+    Ok(endpoint)
 }
 
 /// Reads the first token of a token file (`TOKEN [jobs]` lines, `#` comments).
@@ -158,6 +218,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
         }),
         inputs: files::declare(&options.inputs)?,
         outputs: options.outputs.iter().map(|o| o.pattern.clone()).collect(),
+        heartbeat_interval: None,
     };
     let mut downloads = files::Downloads::new(&options.outputs)?;
     let declared = start.inputs.clone();
@@ -219,6 +280,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<i32> {
                     stderr.flush().await?;
                 }
                 Event::Output(chunk) => downloads.chunk(chunk)?,
+                // The call is alive; nothing to show.
+                Event::Heartbeat(_) => {}
                 Event::Exited(exited) => {
                     downloads.summary(&exited.outputs);
                     return Ok(Some(match exited.status {

@@ -72,6 +72,24 @@ pub struct Config {
     pub max_message_size: u64,
     /// Concurrent calls per HTTP/2 connection; further ones wait for a free stream.
     pub max_concurrent_streams: u32,
+    /// A connection older than this is sent GOAWAY (its running calls go on), so that clients reconnect and
+    /// re-resolve, and replicas started later get calls too (gRPC A9); none = never.
+    #[serde(deserialize_with = "units::optional_duration")]
+    pub max_connection_age: Option<Duration>,
+    /// How long calls still running on a connection past `max_connection_age` may go on before it is closed;
+    /// none = until they end.
+    #[serde(deserialize_with = "units::optional_duration")]
+    pub max_connection_age_grace: Option<Duration>,
+    /// Send a `heartbeat` event on a call that has sent nothing for this long, so that proxies with idle
+    /// timeouts (they do not forward HTTP/2 pings) keep a quiet job's stream open; none = only for calls that
+    /// ask (`StartJob.heartbeat_interval`).
+    #[serde(deserialize_with = "units::optional_duration")]
+    pub heartbeat_interval: Option<Duration>,
+    /// On SIGTERM, health turns NOT_SERVING at once, and this long after (or at the drain timeout, if
+    /// sooner) every connection is sent GOAWAY and no new one is accepted: health checkers see the change
+    /// first, then clients and proxies take new calls elsewhere, while running calls go on.
+    #[serde(deserialize_with = "units::duration")]
+    pub drain_goaway_delay: Duration,
     /// PEM certificate (chain) for TLS; with `tls_key`, the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
@@ -108,6 +126,9 @@ pub enum CgroupMode {
     Off,
 }
 
+/// The shortest heartbeat interval a config or a call may ask for.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -125,6 +146,10 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 4 << 20,
             max_concurrent_streams: 1000,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            heartbeat_interval: None,
+            drain_goaway_delay: Duration::from_secs(1),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -222,6 +247,12 @@ impl Config {
         }
         if self.upload_idle_timeout.is_zero() {
             return invalid("upload_idle_timeout must be positive".into());
+        }
+        if self.max_connection_age.is_some_and(|d| d.is_zero()) {
+            return invalid("max_connection_age must be positive (leave it out for none)".into());
+        }
+        if self.heartbeat_interval.is_some_and(|d| d < MIN_HEARTBEAT_INTERVAL) {
+            return invalid(format!("heartbeat_interval must be at least {MIN_HEARTBEAT_INTERVAL:?}"));
         }
         self.isolation.validate().or_else(invalid)?;
         let (first, last) = self.isolation.dynamic_user_range;

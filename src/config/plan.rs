@@ -16,6 +16,16 @@ impl Config {
     pub fn plan(&self, start: pb::StartJob) -> Result<JobPlan, PlanError> {
         use PlanError::{InvalidArgument, NotFound, PermissionDenied};
         let timeout = request_duration("timeout", start.timeout)?.filter(|d| !d.is_zero());
+        let heartbeat = match request_duration("heartbeat_interval", start.heartbeat_interval)? {
+            Some(d) if d < super::MIN_HEARTBEAT_INTERVAL => {
+                return Err(InvalidArgument(format!(
+                    "heartbeat_interval {d:?} is below the minimum of {:?}",
+                    super::MIN_HEARTBEAT_INTERVAL
+                )));
+            }
+            Some(d) => Some(d),
+            None => self.heartbeat_interval,
+        };
         let kill_grace = request_duration("kill_grace", start.kill_grace)?;
         no_nul("job", &start.job)?;
         for (i, a) in start.args.iter().enumerate() {
@@ -132,6 +142,7 @@ impl Config {
             files,
             keep_capabilities,
             isolation,
+            heartbeat,
         })
     }
 }
@@ -163,6 +174,8 @@ pub struct JobPlan {
     pub keep_capabilities: u64,
     /// The namespaces and filters the job asks for.
     pub isolation: super::isolation::IsolationPlan,
+    /// Send a heartbeat event when the call has sent nothing for this long.
+    pub heartbeat: Option<Duration>,
 }
 
 /// A terminal job's pseudo-terminal, as it is at exec.

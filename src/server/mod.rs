@@ -194,6 +194,12 @@ pub async fn run(
     let stop_transport = CancellationToken::new();
     let message_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let mut builder = tonic::transport::Server::builder().max_concurrent_streams(config.max_concurrent_streams);
+    if let Some(age) = config.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = config.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -226,6 +232,16 @@ pub async fn run(
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     pool.close();
     tracker.close();
+    // Then GOAWAY on every connection and no new ones: clients and proxies take new calls elsewhere, while
+    // the calls already running here go on.
+    let goaway = {
+        let (stop, delay) = (stop_transport.clone(), config.drain_goaway_delay.min(shutdown.drain_timeout));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            info!("sending GOAWAY: no new calls on this server");
+            stop.cancel();
+        })
+    };
     let forced = tokio::select! {
         () = tracker.wait() => false,
         () = tokio::time::sleep(shutdown.drain_timeout) => {
@@ -265,6 +281,7 @@ pub async fn run(
         jobs.containment().close();
         info!("all jobs ended; closing connections");
     }
+    goaway.abort();
     stop_transport.cancel();
     stop_metrics.cancel();
     let grace = if forced { FORCED_CLOSE_GRACE } else { CLOSE_GRACE };

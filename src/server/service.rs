@@ -41,17 +41,45 @@ impl ExecutorService {
 }
 
 /// A call's response stream. Dropping it (the call ended, for whatever reason) fires the job's
-/// cancellation token: this is how a job learns that its client went away.
+/// cancellation token: this is how a job learns that its client went away. With a heartbeat interval, it
+/// yields a `heartbeat` event whenever nothing else came for that long, until the call's last event (only
+/// while the client reads: an unread stream accumulates nothing).
 struct CallStream {
     events: ReceiverStream<Event>,
     _cancel_on_drop: DropGuard,
+    heartbeat: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    accepted: Instant,
+    ended: bool,
 }
 
 impl Stream for CallStream {
     type Item = Result<pb::ExecuteResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.events).poll_next(cx).map(|item| item.map(|event| event.map_err(job_status)))
+        let this = &mut *self;
+        match Pin::new(&mut this.events).poll_next(cx) {
+            Poll::Ready(item) => {
+                let last = match &item {
+                    Some(Ok(response)) => matches!(response.event, Some(pb::execute_response::Event::Exited(_))),
+                    _ => true,
+                };
+                this.ended |= last;
+                if let Some((interval, sleep)) = &mut this.heartbeat {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *interval);
+                }
+                Poll::Ready(item.map(|event| event.map_err(job_status)))
+            }
+            Poll::Pending => {
+                let Some((interval, sleep)) = &mut this.heartbeat else { return Poll::Pending };
+                if this.ended || sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                sleep.as_mut().reset(tokio::time::Instant::now() + *interval);
+                let elapsed = prost_types::Duration::try_from(this.accepted.elapsed()).ok();
+                let heartbeat = pb::execute_response::Event::Heartbeat(pb::Heartbeat { elapsed });
+                Poll::Ready(Some(Ok(pb::ExecuteResponse { event: Some(heartbeat) })))
+            }
+        }
     }
 }
 
@@ -94,6 +122,7 @@ impl pb::executor_server::Executor for ExecutorService {
         // tracker, so a call admitted at all is one the drain waits for.
         let tracked = self.tracker.token();
         let uploads = plan.files.as_ref().is_some_and(|f| !f.inputs.is_empty());
+        let heartbeat = plan.heartbeat;
         let (admission, terminal) = self.jobs.admit(plan.terminal.is_some(), uploads).map_err(admission_status)?;
         let (events, receiver) = mpsc::channel(EVENTS_PER_CALL);
         let cancelled = CancellationToken::new();
@@ -103,7 +132,13 @@ impl pb::executor_server::Executor for ExecutorService {
             jobs.run(call).await;
             drop(tracked);
         });
-        let stream = CallStream { events: ReceiverStream::new(receiver), _cancel_on_drop: cancelled.drop_guard() };
+        let stream = CallStream {
+            events: ReceiverStream::new(receiver),
+            _cancel_on_drop: cancelled.drop_guard(),
+            heartbeat: heartbeat.map(|every| (every, Box::pin(tokio::time::sleep(every)))),
+            accepted: Instant::now(),
+            ended: false,
+        };
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -43,21 +43,27 @@ fn start_job() -> impl Strategy<Value = pb::StartJob> {
             0..3,
         ),
         proptest::collection::vec(text(), 0..3),
+        duration(),
     )
-        .prop_map(|(job, args, env, timeout, command, kill_grace, terminal, inputs, outputs)| pb::StartJob {
-            job,
-            args,
-            env: env.into_iter().collect::<HashMap<_, _>>(),
-            timeout,
-            command,
-            kill_grace,
-            terminal: terminal.map(|(rows, cols, no_echo, term)| pb::Terminal { rows, cols, no_echo, term }),
-            inputs: inputs
-                .into_iter()
-                .map(|(path, size, mode, content)| pb::InputFile { path, size, mode, content })
-                .collect(),
-            outputs,
-        })
+        .prop_map(
+            |(job, args, env, timeout, command, kill_grace, terminal, inputs, outputs, heartbeat_interval)| {
+                pb::StartJob {
+                    job,
+                    args,
+                    env: env.into_iter().collect::<HashMap<_, _>>(),
+                    timeout,
+                    command,
+                    kill_grace,
+                    terminal: terminal.map(|(rows, cols, no_echo, term)| pb::Terminal { rows, cols, no_echo, term }),
+                    inputs: inputs
+                        .into_iter()
+                        .map(|(path, size, mode, content)| pb::InputFile { path, size, mode, content })
+                        .collect(),
+                    outputs,
+                    heartbeat_interval,
+                }
+            },
+        )
 }
 
 proptest! {

@@ -26,6 +26,7 @@ mod metrics;
 mod namespaces;
 mod pool;
 mod python_client;
+mod scaleout;
 mod security;
 mod soak;
 mod terminal;

@@ -160,6 +160,7 @@ impl OpenCall {
                     Event::Exited(e) => self.outcome.exited = Some(e.clone()),
                     Event::Started(s) => self.outcome.pid = Some(s.pid as i32),
                     Event::Queued(_) => {}
+                    Event::Heartbeat(_) => assert!(self.outcome.exited.is_none(), "a heartbeat after `exited`"),
                     Event::Output(chunk) => {
                         let entry = self.outcome.files.entry(chunk.path.clone()).or_default();
                         assert!(!entry.2, "a chunk of {} after its last one", chunk.path);
