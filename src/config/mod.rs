@@ -90,6 +90,9 @@ pub struct Config {
     /// first, then clients and proxies take new calls elsewhere, while running calls go on.
     #[serde(deserialize_with = "units::duration")]
     pub drain_goaway_delay: Duration,
+    /// Warm sandboxes kept ready for jobs of the default shape (see `src/job/warm.rs`); none = as many as
+    /// `workers`, at most 4; 0 = every job is spawned cold.
+    pub warm_sandboxes: Option<usize>,
     /// PEM certificate (chain) for TLS; with `tls_key`, the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
@@ -150,6 +153,7 @@ impl Default for Config {
             max_connection_age_grace: None,
             heartbeat_interval: None,
             drain_goaway_delay: Duration::from_secs(1),
+            warm_sandboxes: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

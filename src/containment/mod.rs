@@ -56,6 +56,16 @@ pub(crate) struct Containment {
     available: Namespaces,
     /// What is off, and why, for `GetStatus`.
     unavailable: Vec<String>,
+    /// What a job asks for when neither it nor its catalog entry says otherwise: the shape of warm
+    /// sandboxes.
+    default_shape: (crate::config::isolation::IsolationPlan, crate::config::limits::Limits),
+}
+
+/// The namespaces and cgroup limits of a warm sandbox, which only a job of the same shape may use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct WarmShape {
+    namespaces: Namespaces,
+    limits: crate::config::limits::Limits,
 }
 
 /// One job's cgroup and working directory.
@@ -67,6 +77,11 @@ pub(crate) struct JobContainer {
 }
 
 impl JobContainer {
+    /// Takes a warm sandbox's cgroup as the job's.
+    pub(crate) fn adopt_cgroup(&mut self, cgroup: Option<JobCgroup>) {
+        self.cgroup = cgroup;
+    }
+
     /// The cgroup name, for the reaper's attribution.
     pub(crate) fn cgroup_name(&self) -> Option<String> {
         self.cgroup.as_ref().map(|c| c.name().to_string())
@@ -177,6 +192,7 @@ impl Containment {
             drops_capabilities: can_drop,
             available,
             unavailable,
+            default_shape: (config.isolation.plan(&Default::default()), config.limits),
         })
     }
 
@@ -232,23 +248,71 @@ impl Containment {
         self.work_root.remove();
     }
 
-    /// Makes the job's cgroup and working directory.
+    /// Makes the job's working directory (its cgroup comes with its slot: [`Containment::add_cgroup`], or a
+    /// warm sandbox's).
     pub(crate) fn prepare(&self, job_id: &str, plan: &JobPlan) -> io::Result<JobContainer> {
-        let limits = self.limits_for(plan);
-        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &limits)).transpose()?;
         let (cwd, private_dir) = match &plan.cwd {
             Some(cwd) => (cwd.clone(), None),
-            None => match self.work_root.create(job_id, plan.ids) {
-                Ok(dir) => (dir.clone(), Some(dir)),
-                Err(e) => {
-                    if let Some(cgroup) = &cgroup {
-                        let _ = cgroup.remove();
-                    }
-                    return Err(e);
-                }
-            },
+            None => {
+                let dir = self.work_root.create(job_id, plan.ids)?;
+                (dir.clone(), Some(dir))
+            }
         };
-        Ok(JobContainer { cgroup, private_dir, cwd })
+        Ok(JobContainer { cgroup: None, private_dir, cwd })
+    }
+
+    /// Makes the job's cgroup (cgroup mode), with its limits.
+    pub(crate) fn add_cgroup(&self, container: &mut JobContainer, job_id: &str, plan: &JobPlan) -> io::Result<()> {
+        let limits = self.limits_for(plan);
+        container.cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &limits)).transpose()?;
+        Ok(())
+    }
+
+    /// The shape of warm sandboxes: that of a job asking for nothing special. `None` where jobs get no pid
+    /// namespace (a sandbox is a waiting init).
+    pub(crate) fn warm_shape(&self) -> Option<WarmShape> {
+        let (isolation, limits) = self.default_shape;
+        let namespaces = self.namespaces_of(isolation);
+        // Inside a user namespace (a server that is not root) the init would lose its capabilities at its own
+        // exec, before it could set up a job: jobs there are spawned cold.
+        (namespaces.pid && !namespaces.user)
+            .then(|| WarmShape { namespaces, limits: self.limits_of(limits, namespaces) })
+    }
+
+    /// Whether `plan` runs in a sandbox of `shape`: same namespaces and limits, and a private directory (which
+    /// the sandbox's init reaches through the work root).
+    pub(crate) fn fits(&self, plan: &JobPlan, shape: &WarmShape) -> bool {
+        plan.cwd.is_none() && self.namespaces_for(plan) == shape.namespaces && self.limits_for(plan) == shape.limits
+    }
+
+    /// A warm sandbox's cgroup (`name`) and command, of `shape`.
+    pub(crate) fn stage(&self, name: &str, shape: &WarmShape) -> io::Result<(Command, Option<JobCgroup>)> {
+        let cgroup = self.cgroups.as_ref().map(|tree| tree.create(name, &shape.limits)).transpose()?;
+        let v1_procs = cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
+        let command = Command::new(&["/proc/self/exe".to_string()], &Default::default())
+            .and_then(|c| c.cgroup(cgroup.as_ref().map(JobCgroup::dir)))
+            .and_then(|c| c.join_cgroups(&v1_procs))
+            .and_then(|c| c.namespaces(shape.namespaces))
+            .and_then(|c| c.warm(self.work_root.path()))
+            .map_err(|e| io::Error::other(e.to_string()));
+        match command {
+            Ok(command) => Ok((command, cgroup)),
+            Err(e) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the cgroup of a warm sandbox that was never used, once its init is gone.
+    pub(crate) async fn discard(&self, cgroup: Option<JobCgroup>) {
+        let container = JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/") };
+        if let Some(cgroup) = &container.cgroup {
+            let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
+        }
+        self.release(container).await;
     }
 
     /// The command that runs `plan` inside `container`.
@@ -273,8 +337,11 @@ impl Containment {
 
     /// The job's limits, its process limit counting forkpool's init besides the job's own processes.
     fn limits_for(&self, plan: &JobPlan) -> crate::config::limits::Limits {
-        let mut limits = plan.limits;
-        if self.namespaces_for(plan).pid {
+        self.limits_of(plan.limits, self.namespaces_for(plan))
+    }
+
+    fn limits_of(&self, mut limits: crate::config::limits::Limits, ns: Namespaces) -> crate::config::limits::Limits {
+        if ns.pid {
             limits.processes = limits.processes.map(|n| n.saturating_add(1));
         }
         limits
@@ -282,7 +349,11 @@ impl Containment {
 
     /// The namespaces a job gets: what it asks for, of what this server can give.
     fn namespaces_for(&self, plan: &JobPlan) -> Namespaces {
-        let (want, can) = (plan.isolation, self.available);
+        self.namespaces_of(plan.isolation)
+    }
+
+    fn namespaces_of(&self, want: crate::config::isolation::IsolationPlan) -> Namespaces {
+        let can = self.available;
         let mut ns = Namespaces {
             user: false,
             pid: want.pid_namespace && can.pid,
@@ -306,7 +377,16 @@ impl Containment {
         container: &JobContainer,
         reaps: &JobReaps,
         stdio_links: &[String],
+        in_pid_namespace: bool,
     ) -> JobEnd {
+        // A pid namespace's init killed and reaped everything of the job before it reported (nothing of a job
+        // can leave its namespace): the init's own exit is awaited by `release_after`.
+        if in_pid_namespace {
+            return JobEnd {
+                oom_killed: container.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0),
+                memory_peak: container.cgroup.as_ref().and_then(JobCgroup::memory_peak),
+            };
+        }
         let give_up = Instant::now() + LEFTOVERS_WAIT;
         match &container.cgroup {
             Some(cgroup) => {
@@ -346,6 +426,24 @@ impl Containment {
         if let Some(cgroup) = &container.cgroup {
             let _ = cgroup.kill();
         }
+    }
+
+    /// Removes the job's cgroup and private directory once its pid namespace's init (if any) is gone: `init_gone`
+    /// fires when the reaper has it (bounded: the cgroup is then killed).
+    pub(crate) async fn release_after(
+        &self,
+        container: JobContainer,
+        init_gone: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) {
+        if let Some(gone) = init_gone {
+            if tokio::time::timeout(LEFTOVERS_WAIT, gone).await.is_err() {
+                warn!("a job's init is still there {LEFTOVERS_WAIT:?} after its report");
+            }
+            if let Some(cgroup) = &container.cgroup {
+                let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
+            }
+        }
+        self.release(container).await;
     }
 
     /// Removes the job's cgroup and private directory.

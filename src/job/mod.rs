@@ -27,6 +27,7 @@ mod report;
 pub(crate) mod stdio;
 pub(crate) mod supervise;
 pub(crate) mod terminal;
+pub(crate) mod warm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use crate::config::JobPlan;
 use crate::containment::Containment;
 use crate::pb::{self, execute_response::Event as Ev};
+use crate::process::init_report::InitReport;
 use crate::process::kill::GroupKiller;
 use crate::process::registry::{JobReaps, Registry, SpawnCancel, SpawnTicket, WorkerEntry};
 use crate::process::spawn::{SpawnError, Spawned, Spawner};
@@ -120,6 +122,8 @@ pub(crate) struct Jobs {
     id_prefix: String,
     /// Test-only fault (debug builds): a job task of this catalog job panics.
     panic_on_job: Option<String>,
+    /// Warm sandboxes for jobs of the default shape (where jobs get a pid namespace).
+    warm: Option<warm::WarmPool>,
 }
 
 /// One call's inputs, handed over by the service once the `start` request is validated and admitted.
@@ -156,6 +160,7 @@ impl Jobs {
         abandon: CancellationToken,
     ) -> Self {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let warm = containment.warm_shape().map(|shape| warm::WarmPool::new(shape, 0));
         Jobs {
             pool,
             spawner,
@@ -169,6 +174,30 @@ impl Jobs {
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:x}", started & 0xff_ffff),
             panic_on_job: None,
+            warm,
+        }
+    }
+
+    /// Keeps `target` warm sandboxes ready (default: as many as can start at once, up to 4; each is an idle
+    /// init and its namespaces); 0 = none.
+    pub(crate) fn with_warm_sandboxes(mut self, target: Option<usize>) -> Self {
+        let target = target.unwrap_or_else(|| self.pool.workers().clamp(1, 4));
+        self.warm = self.warm.take().filter(|_| target > 0).map(|pool| pool.with_target(target));
+        self
+    }
+
+    /// Keeps warm sandboxes ready until [`Jobs::close_warm`] (run as a task of its own).
+    pub(crate) async fn keep_warm(&self) {
+        if let Some(warm) = &self.warm {
+            warm.keep(&self.spawner, &self.containment).await;
+        }
+    }
+
+    /// Stops making warm sandboxes and discards the ready ones; returns once they are gone.
+    pub(crate) async fn close_warm(&self) {
+        if let Some(warm) = &self.warm {
+            warm.close();
+            warm.discarded().await;
         }
     }
 
@@ -312,13 +341,26 @@ impl Jobs {
             return;
         };
         let slotted = Instant::now();
-        let container = match staged.map_or_else(|| self.containment.prepare(&job_id, &plan), Ok) {
+        let mut container = match staged.map_or_else(|| self.containment.prepare(&job_id, &plan), Ok) {
             Ok(container) => container,
             Err(e) => {
                 warn!(error = %e, "cannot prepare the job's containment");
                 return self.send(&events, Err(JobError::Containment(e))).await;
             }
         };
+        // A warm sandbox of the job's shape, if one is ready (its cgroup becomes the job's); else the job's
+        // own cgroup, made now.
+        let mut sandbox = self.warm.as_ref().and_then(|w| w.take(|shape| self.containment.fits(&plan, shape)));
+        match &mut sandbox {
+            Some(sandbox) => container.adopt_cgroup(sandbox.cgroup.take()),
+            None => {
+                if let Err(e) = self.containment.add_cgroup(&mut container, &job_id, &plan) {
+                    warn!(error = %e, "cannot prepare the job's containment");
+                    self.containment.release(container).await;
+                    return self.send(&events, Err(JobError::Containment(e))).await;
+                }
+            }
+        }
         let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
             Err(e) => {
@@ -330,44 +372,65 @@ impl Jobs {
         if self.panic_on_job.as_deref() == Some(plan.name.as_str()) {
             panic!("injected fault: a panic in the job task of `{}`", plan.name);
         }
-        let reaps = Arc::new(JobReaps::default());
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let entry = WorkerEntry {
-            exit: exit_tx,
-            reaps: Arc::clone(&reaps),
-            cgroup: container.cgroup_name(),
-            init_report: None,
-        };
-        let ticket = Arc::new(SpawnTicket::default());
-        let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
-        tokio::pin!(spawning);
-        // How the call ended, if it did while its worker was being created (the worker was killed then).
-        let mut early = None;
-        let spawned = tokio::select! {
-            biased;
-            spawned = &mut spawning => spawned,
-            ending = early_ending(&cancelled, &self.shutdown, deadline) => {
-                info!(?ending, "the call ended while its worker was being created");
-                early = Some(ending.clone());
-                loop {
-                    match self.registry.cancel_spawn(&ticket) {
-                        SpawnCancel::NotStarted => {
-                            self.containment.release(container).await;
-                            return self.report_unstarted(&events, ending).await;
-                        }
-                        // The spawn returns once the child is dead (or has exec'd); the supervisor then ends
-                        // the job as usual, the ending still being in force.
-                        SpawnCancel::Killed => {
-                            self.containment.kill_early(&container);
-                            break spawning.await;
-                        }
-                        // Inside the clone itself: the kernel names the child before it runs; look again.
-                        SpawnCancel::NotYet => tokio::select! {
-                            spawned = &mut spawning => break spawned,
-                            () = tokio::time::sleep(Duration::from_millis(1)) => {}
-                        },
+        let (reaps, exit_rx, spawned, early) = match sandbox {
+            // The init is waiting: it gets the job's directory, stdio, limits, privileges and user now.
+            Some(warm::Sandbox { staged, exit, reaps, .. }) => {
+                let pid = staged.pid;
+                let starting = staged.start(&command);
+                tokio::pin!(starting);
+                let mut early = None;
+                let spawned = tokio::select! {
+                    biased;
+                    spawned = &mut starting => spawned,
+                    ending = early_ending(&cancelled, &self.shutdown, deadline) => {
+                        info!(?ending, "the call ended while its worker was being started");
+                        early = Some(ending);
+                        // Killing the init kills its namespace; its report pipe closes, and the start returns.
+                        self.registry.with_live_worker(pid, |pid| {
+                            crate::process::signal::signal_group(pid, nix::sys::signal::Signal::SIGKILL)
+                        });
+                        starting.await
                     }
-                }
+                };
+                (reaps, exit, spawned, early)
+            }
+            None => {
+                let reaps = Arc::new(JobReaps::default());
+                let (exit_tx, exit_rx) = oneshot::channel();
+                let entry = WorkerEntry { exit: exit_tx, reaps: Arc::clone(&reaps), cgroup: container.cgroup_name() };
+                let ticket = Arc::new(SpawnTicket::default());
+                let spawning = self.spawner.spawn(command, entry, Arc::clone(&ticket));
+                tokio::pin!(spawning);
+                // How the call ended, if it did while its worker was being created (the worker was killed then).
+                let mut early = None;
+                let spawned = tokio::select! {
+                    biased;
+                    spawned = &mut spawning => spawned,
+                    ending = early_ending(&cancelled, &self.shutdown, deadline) => {
+                        info!(?ending, "the call ended while its worker was being created");
+                        early = Some(ending.clone());
+                        loop {
+                            match self.registry.cancel_spawn(&ticket) {
+                                SpawnCancel::NotStarted => {
+                                    self.containment.release(container).await;
+                                    return self.report_unstarted(&events, ending).await;
+                                }
+                                // The spawn returns once the child is dead (or has exec'd); the supervisor then ends
+                                // the job as usual, the ending still being in force.
+                                SpawnCancel::Killed => {
+                                    self.containment.kill_early(&container);
+                                    break spawning.await;
+                                }
+                                // Inside the clone itself: the kernel names the child before it runs; look again.
+                                SpawnCancel::NotYet => tokio::select! {
+                                    spawned = &mut spawning => break spawned,
+                                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                                },
+                            }
+                        }
+                    }
+                };
+                (reaps, exit_rx, spawned, early)
             }
         };
         let spawned = match (spawned, early.clone()) {
@@ -391,7 +454,40 @@ impl Jobs {
             "spawned"
         );
         self.metrics.started.inc();
-        let Spawned { pid, io, stdio_links, registration } = spawned;
+        let Spawned { pid, io, stdio_links, registration, init_report } = spawned;
+        // In a pid namespace, the init's report is the program's end: it comes once the program's tree is dead
+        // and reaped, before the init itself exits (its namespace's teardown is then off the call's path).
+        // Without it (the init was killed), the reaper's word on the init stands. `init_gone` tells when the
+        // init is reaped too.
+        let (exit_rx, init_gone) = match init_report {
+            Some(fd) => {
+                let (exit_tx, merged) = oneshot::channel();
+                let (gone_tx, gone) = oneshot::channel::<()>();
+                let reaps = Arc::clone(&reaps);
+                let orphans = self.registry.orphans_counter();
+                tokio::spawn(async move {
+                    let report = InitReport::watch(fd).await;
+                    for _ in 0..report.orphans.len() as u64 + report.dropped {
+                        orphans.inc();
+                    }
+                    reaps.record(report.orphans);
+                    match report.program {
+                        Some(exit) => {
+                            let _ = exit_tx.send(exit);
+                            let _ = exit_rx.await;
+                        }
+                        None => {
+                            if let Ok(exit) = exit_rx.await {
+                                let _ = exit_tx.send(exit);
+                            }
+                        }
+                    }
+                    let _ = gone_tx.send(());
+                });
+                (merged, Some(gone))
+            }
+            None => (exit_rx, None),
+        };
         tracing::Span::current().record("pid", pid);
         info!(argv = ?plan.argv, terminal = plan.terminal.is_some(), "started");
         let started = Ev::Started(pb::Started { job_id, pid: u32::try_from(pid).unwrap_or(0) });
@@ -452,7 +548,7 @@ impl Jobs {
         }
         // A terminal's master stays open (held by `terminal`) until the sweep is done: its pty number, which
         // recognises the job's escapers, cannot be given to another job meanwhile.
-        let end = self.containment.end(pid, &container, &reaps, &stdio_links).await;
+        let end = self.containment.end(pid, &container, &reaps, &stdio_links, init_gone.is_some()).await;
         drop(terminal);
         if let Some(at) = ending_at {
             Metrics::observe(&self.metrics.cancel_to_dead_seconds, at.elapsed());
@@ -499,7 +595,7 @@ impl Jobs {
                 }
             }
         };
-        tokio::join!(report, self.containment.release(container));
+        tokio::join!(report, self.containment.release_after(container, init_gone));
         drop(terminal_permit);
         drop(slot);
     }

@@ -7,6 +7,7 @@
 //!   cgroups; [`signal`]: the one safe way to signal a group.
 //! - [`procfs`]: what `/proc` says about a process; [`wait`]: `wait4` with rusage.
 
+pub(crate) mod init_report;
 pub(crate) mod kill;
 pub mod procfs;
 pub(crate) mod reaper;

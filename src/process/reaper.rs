@@ -14,7 +14,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tracing::{debug, error, info, warn};
 
 use super::procfs::{ProcStat, v2_cgroup_name};
-use super::registry::{ExitStatus, ReapedOrphan, Registry, lock};
+use super::registry::{ReapedOrphan, Registry, lock};
 use super::signal::signal_group;
 
 impl Registry {
@@ -67,7 +67,7 @@ impl Registry {
                     Err(e) => warn!(pid, error = %e, "cannot kill the worker's group"),
                 }
             }
-            let mut reaped = match crate::process::wait::wait4(pid) {
+            let reaped = match crate::process::wait::wait4(pid) {
                 Ok(r) => r,
                 Err(e) => {
                     error!(pid, error = %e, "wait4 failed after waitid reported the child");
@@ -75,20 +75,6 @@ impl Registry {
                 }
             };
             if let Some(worker) = inner.workers.remove(&pid) {
-                // A pid namespace's init: the program's own status, and the orphans the init reaped inside.
-                if let Some(report) = worker.init_report {
-                    let report = InitReport::read(report);
-                    if let Some(status) = report.program {
-                        reaped.status = status;
-                    }
-                    for _ in 0..report.orphans.len() as u64 + report.dropped {
-                        self.orphans_reaped.inc();
-                    }
-                    if !report.orphans.is_empty() {
-                        lock(&worker.reaps.reaped).extend(report.orphans);
-                        worker.reaps.notify.notify_waiters();
-                    }
-                }
                 // The job may be gone already (its call ended); then nobody needs the status.
                 let _ = worker.exit.send(reaped);
                 continue;
@@ -123,86 +109,5 @@ impl Registry {
                 ),
             }
         }
-    }
-}
-
-/// What a pid namespace's init reported on its pipe when it exited (see [`crate::process::spawn::init`]).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct InitReport {
-    /// The program's status; `None` if the init died before it could say (SIGKILL): then the init's own
-    /// status stands, and the whole namespace died of the same signal.
-    program: Option<ExitStatus>,
-    /// Orphans the init reaped inside, by their pid in the namespace.
-    orphans: Vec<ReapedOrphan>,
-    /// Orphans beyond the list.
-    dropped: u64,
-}
-
-/// Most bytes read from an init's report (1000 orphans with long names fit).
-const MAX_INIT_REPORT: usize = 1 << 20;
-
-impl InitReport {
-    /// Reads the report of an init that has exited: everything written is in the pipe, and the write end is
-    /// closed (the namespace is dead), so this never blocks.
-    fn read(fd: std::os::fd::OwnedFd) -> InitReport {
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        let _ = rustix::io::ioctl_fionbio(&fd, true);
-        while bytes.len() < MAX_INIT_REPORT {
-            match nix::unistd::read(&fd, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                Err(Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
-        InitReport::parse(&String::from_utf8_lossy(&bytes))
-    }
-
-    fn parse(text: &str) -> InitReport {
-        let decode = |raw: &str| {
-            let raw: i32 = raw.parse().ok()?;
-            Some(if libc::WIFSIGNALED(raw) {
-                ExitStatus::Signal(libc::WTERMSIG(raw))
-            } else {
-                ExitStatus::Code(libc::WEXITSTATUS(raw))
-            })
-        };
-        let mut report = InitReport::default();
-        for line in text.lines() {
-            let mut fields = line.splitn(4, ' ');
-            match (fields.next(), fields.next(), fields.next(), fields.next()) {
-                (Some("job"), Some(raw), None, None) => report.program = decode(raw),
-                (Some("dropped"), Some(n), None, None) => report.dropped = n.parse().unwrap_or(0),
-                (Some("orphan"), Some(pid), Some(raw), name) => {
-                    if let (Ok(pid), Some(status)) = (pid.parse(), decode(raw)) {
-                        let name = name.unwrap_or_default().to_string();
-                        report.orphans.push(ReapedOrphan { pid, name, status });
-                    }
-                }
-                _ => warn!(line, "unreadable line in an init's report"),
-            }
-        }
-        report
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_init_report_gives_the_program_status_and_the_orphans() {
-        let report = InitReport::parse("orphan 7 9 sleep\norphan 9 256 my daemon\ndropped 2\njob 15\n");
-        assert_eq!(report.program, Some(ExitStatus::Signal(15)));
-        assert_eq!(report.dropped, 2);
-        assert_eq!(
-            report.orphans,
-            vec![
-                ReapedOrphan { pid: 7, name: "sleep".into(), status: ExitStatus::Signal(9) },
-                ReapedOrphan { pid: 9, name: "my daemon".into(), status: ExitStatus::Code(1) },
-            ]
-        );
-        assert_eq!(InitReport::parse("orphan 3 0 x\n").program, None);
     }
 }

@@ -57,6 +57,14 @@ pub(crate) struct JobReaps {
 }
 
 impl JobReaps {
+    /// Records orphans reaped for the job elsewhere (by its pid namespace's init).
+    pub(crate) fn record(&self, orphans: Vec<ReapedOrphan>) {
+        if !orphans.is_empty() {
+            lock(&self.reaped).extend(orphans);
+            self.notify.notify_waiters();
+        }
+    }
+
     /// Takes the orphans recorded so far.
     pub(crate) fn take(&self) -> Vec<ReapedOrphan> {
         std::mem::take(&mut *lock(&self.reaped))
@@ -72,17 +80,12 @@ pub(crate) struct WorkerEntry {
     pub(crate) reaps: Arc<JobReaps>,
     /// The job's cgroup name, when it has one: processes reaped from it are the job's.
     pub(crate) cgroup: Option<String>,
-    /// The read end of the init's report pipe, for a worker that is a pid namespace's init (set by the
-    /// spawner): the program's status and the orphans the init reaped, read when the init is reaped.
-    pub(crate) init_report: Option<std::os::fd::OwnedFd>,
 }
 
 /// A live worker, as the reaper needs it.
 #[derive(Debug)]
 pub(super) struct LiveWorker {
     pub(super) exit: oneshot::Sender<WorkerExit>,
-    pub(super) init_report: Option<std::os::fd::OwnedFd>,
-    pub(super) reaps: Arc<JobReaps>,
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +207,7 @@ impl Registry {
         let mut inner = lock(&self.inner);
         inner.in_flight.retain(|t| !std::ptr::eq(Arc::as_ptr(t), ticket));
         let pid = cloned?;
-        let worker = LiveWorker { exit: entry.exit, init_report: entry.init_report, reaps: Arc::clone(&entry.reaps) };
+        let worker = LiveWorker { exit: entry.exit };
         inner.workers.insert(pid, worker);
         if let Some(cgroup) = &entry.cgroup {
             inner.cgroups.insert(cgroup.clone(), Arc::clone(&entry.reaps));

@@ -16,7 +16,7 @@ pub(crate) enum ExitStatus {
 }
 
 /// What `wait4` reports about a reaped child.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reaped {
     /// Exit code or killing signal.
     pub(crate) status: ExitStatus,

@@ -2,6 +2,10 @@
 //! established, so a client that connects and then stays silent (or trickles bytes, slowloris style) would
 //! otherwise hold a socket forever. Every accepted connection is wrapped: if the first 24 bytes (the length
 //! of the HTTP/2 preface) have not arrived within the handshake timeout, reads fail and the server drops it.
+//!
+//! The same wrapper ends a connection `max_connection_age + max_connection_age_grace` after it was accepted
+//! (tonic sends the GOAWAY at `max_connection_age`; its own grace would replace that GOAWAY with a plain close
+//! at age + grace, so the grace is enforced here instead).
 
 use std::io;
 use std::pin::Pin;
@@ -22,18 +26,33 @@ pub(crate) struct HandshakeDeadline {
     inner: TcpStream,
     received: usize,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// When the connection is closed whatever still runs on it (age + grace).
+    end: Option<Pin<Box<Sleep>>>,
 }
 
 impl HandshakeDeadline {
-    /// Wraps `inner`, which must send its first 24 bytes within `timeout`.
-    pub(crate) fn new(inner: TcpStream, timeout: Duration) -> Self {
-        HandshakeDeadline { inner, received: 0, deadline: Some(Box::pin(sleep(timeout))) }
+    /// Wraps `inner`, which must send its first 24 bytes within `timeout`, and is closed after `lifetime`.
+    pub(crate) fn new(inner: TcpStream, timeout: Duration, lifetime: Option<Duration>) -> Self {
+        HandshakeDeadline {
+            inner,
+            received: 0,
+            deadline: Some(Box::pin(sleep(timeout))),
+            end: lifetime.map(|l| Box::pin(sleep(l))),
+        }
     }
 }
 
 impl AsyncRead for HandshakeDeadline {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(end) = this.end.as_mut()
+            && end.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "max_connection_age + max_connection_age_grace passed",
+            )));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.deadline.is_none() {

@@ -147,9 +147,14 @@ pub async fn run(
     let mut jobs =
         Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone(), abandon.clone())
             .with_max_terminals(config.max_terminals)
-            .with_upload_idle_timeout(config.upload_idle_timeout);
+            .with_upload_idle_timeout(config.upload_idle_timeout)
+            .with_warm_sandboxes(config.warm_sandboxes);
     jobs.inject_panic_on_job(process.panic_on_job);
     let jobs = Arc::new(jobs);
+    let warm_keeper = {
+        let jobs = Arc::clone(&jobs);
+        tokio::spawn(async move { jobs.keep_warm().await })
+    };
     let tracker = TaskTracker::new();
     let service = ExecutorService::new(Arc::clone(&jobs), Arc::clone(&config), tracker.clone());
 
@@ -187,19 +192,19 @@ pub async fn run(
     }
 
     let handshake_timeout = config.handshake_timeout;
+    let lifetime = config.max_connection_age.zip(config.max_connection_age_grace).map(|(age, grace)| age + grace);
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(config.keepalive_interval))
-        .map(move |accepted| accepted.map(|stream| HandshakeDeadline::new(stream, handshake_timeout)));
+        .map(move |accepted| accepted.map(|stream| HandshakeDeadline::new(stream, handshake_timeout, lifetime)));
     let stop_transport = CancellationToken::new();
     let message_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let mut builder = tonic::transport::Server::builder().max_concurrent_streams(config.max_concurrent_streams);
     if let Some(age) = config.max_connection_age {
         builder = builder.max_connection_age(age);
     }
-    if let Some(grace) = config.max_connection_age_grace {
-        builder = builder.max_connection_age_grace(grace);
-    }
+    // (Not tonic's max_connection_age_grace: it turns the GOAWAY at the age into a plain close at age + grace.
+    // The grace is the connection wrapper's.)
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -232,6 +237,11 @@ pub async fn run(
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     pool.close();
     tracker.close();
+    // No more warm sandboxes: none will be used.
+    let closing_warm = {
+        let jobs = Arc::clone(&jobs);
+        tokio::spawn(async move { jobs.close_warm().await })
+    };
     // Then GOAWAY on every connection and no new ones: clients and proxies take new calls elsewhere, while
     // the calls already running here go on.
     let goaway = {
@@ -277,6 +287,8 @@ pub async fn run(
     } else {
         true
     };
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing_warm).await;
+    warm_keeper.abort();
     if all_ended {
         jobs.containment().close();
         info!("all jobs ended; closing connections");

@@ -222,7 +222,8 @@ async fn a_child_frozen_before_exec_cannot_hold_the_guardian_back() {
     // of the server's end of the guardian's socket: end-of-file alone would never come. The guardian watches
     // the server's pidfd too.
     let root = test_cgroup_root("frozen-birth");
-    let extra = format!("cgroup_root = \"{}\"\n", root.display());
+    // The cold spawn path: warm sandboxes, made ahead in the same (frozen) instance, would be frozen too.
+    let extra = format!("cgroup_root = \"{}\"\nwarm_sandboxes = 0\n", root.display());
     let Some(mut server) = start(Mode::Cgroup, "frozen-birth", &extra, &[]).await else { return };
     let tag = unique_tag(70);
     let mut client = server.client().await;

@@ -284,7 +284,8 @@ async fn a_transport_error_mid_call_kills_the_job_and_counts_once() {
 async fn a_spawn_stuck_before_exec_holds_only_its_own_call() {
     let root = test_cgroup_root("hung");
     let server = TestServer::with_config(
-        &format!("allow_raw_commands = true\nworkers = 8\ncgroup_root = \"{}\"\n", root.display()),
+        // The cold spawn path (a warm sandbox's hand-off has no exec of its own to hang).
+        &format!("allow_raw_commands = true\nworkers = 8\nwarm_sandboxes = 0\ncgroup_root = \"{}\"\n", root.display()),
         &[],
     );
     let mut client = server.client().await;

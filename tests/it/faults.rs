@@ -99,8 +99,11 @@ async fn a_job_cgroup_frozen_underneath_still_dies_on_cancel() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cgroup_tree_removed_underneath_is_made_again() {
     let root = test_cgroup_root("removed");
-    let server =
-        TestServer::with_config(&format!("allow_raw_commands = true\ncgroup_root = \"{}\"\n", root.display()), &[]);
+    // No warm sandboxes: their cgroups, populated, would keep the tree from being removed at all.
+    let server = TestServer::with_config(
+        &format!("allow_raw_commands = true\nwarm_sandboxes = 0\ncgroup_root = \"{}\"\n", root.display()),
+        &[],
+    );
     let mut client = server.client().await;
     if !cgroup_mode(&get_status(&mut client).await, "removed cgroup tree") {
         return;

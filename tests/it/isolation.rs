@@ -36,8 +36,11 @@ async fn signals_that_hit_a_worker_between_clone_and_exec_never_reach_the_server
     // deterministic: every child born in a frozen cgroup stops right after the clone, before a single line of
     // its setup has run, so SIGTERM and SIGINT are sure to land exactly there; then it is thawed.
     let root = test_cgroup_root("between");
-    let mut server =
-        TestServer::with_config(&format!("allow_raw_commands = true\ncgroup_root = \"{}\"\n", root.display()), &[]);
+    // The cold spawn path: a child cloned for each call, frozen at birth.
+    let mut server = TestServer::with_config(
+        &format!("allow_raw_commands = true\nwarm_sandboxes = 0\ncgroup_root = \"{}\"\n", root.display()),
+        &[],
+    );
     let mut client = server.client().await;
     if !cgroup_mode(&get_status(&mut client).await, "signals between clone and exec") {
         return;

@@ -63,6 +63,14 @@ pub(super) struct ChildPlan {
     pub(super) exit_signal: libc::c_int,
     /// A probe of the set-up: exit 0 where the exec would be.
     pub(super) probe: bool,
+    /// A warm sandbox: no privilege drop here (its init does that when it gets its job).
+    pub(super) warm: bool,
+    /// A warm sandbox's end of the request socket, handed to its init as fd 5; -1 otherwise.
+    pub(super) warm_request: RawFd,
+    /// A warm sandbox: the directory of job directories, opened before the mounts cover it and handed to its
+    /// init as fd 6 (jobs' directories are bound in from there, from the init's own mount namespace); null
+    /// otherwise.
+    pub(super) warm_root: *const c_char,
 }
 
 /// One file write of the set-up: `len` bytes at `data` to the file `path`.
@@ -92,7 +100,9 @@ pub(super) enum FsOp {
     SetAttr { path: *const c_char, set: u64, clr: u64 },
 }
 
-pub(super) use super::init::{EXEC_STEP, FORK_STEP, INIT_REPORT_FD, INIT_SPAWN_REPORT_FD};
+pub(super) use super::init::{
+    EXEC_STEP, FORK_STEP, INIT_REPORT_FD, INIT_SPAWN_REPORT_FD, WARM_REQUEST_FD, WARM_ROOT_FD,
+};
 
 /// The setup steps in the child, in order; a failure reports its index.
 pub(super) const STEPS: [&str; 18] = [
@@ -304,6 +314,15 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) < 0 {
             fail(plan.report, 7);
         }
+        //    A warm sandbox's init reaches its jobs' directories through the work root, opened before a private
+        //    /tmp covers it.
+        let mut warm_root = -1;
+        if !plan.warm_root.is_null() {
+            warm_root = libc::open(plan.warm_root, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            if warm_root < 0 {
+                fail(plan.report, 8);
+            }
+        }
         //    The mount namespace: private propagation, private /tmp and /dev/shm, the working directory bound
         //    back, /proc of the job's own pid namespace, a read-only system.
         for i in 0..plan.fs_op_count {
@@ -331,18 +350,21 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             }
         }
         //    The inheritable and ambient sets need no privilege to shrink, and could hand capabilities to a root
-        //    job at exec whatever the bounding set says (kernels before 4.3 have no ambient set: EINVAL).
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        //    job at exec whatever the bounding set says (kernels before 4.3 have no ambient set: EINVAL). (A
+        //    warm sandbox's init does all of this itself when it gets its job.)
         let mut header = CapHeader { version: 0x2008_0522, pid: 0 };
         let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        if libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) == 0 {
+        if !plan.warm {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        }
+        if !plan.warm && libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) == 0 {
             data[0].inheritable &= plan.keep_caps as u32;
             data[1].inheritable &= (plan.keep_caps >> 32) as u32;
             if libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) < 0 {
                 fail(plan.report, 10);
             }
         }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
+        if !plan.warm && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
             fail(plan.report, 10);
         }
         // 8. Drop privileges with raw syscalls: the C library's set*id wrappers would try to signal every
@@ -377,7 +399,9 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         //    pipe usable until the exec itself closes it.
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if marked < 0 && !close_fds_slowly([plan.report, plan.init_report, plan.init_exe], plan.fd_limit) {
+        if marked < 0
+            && !close_fds_slowly([plan.report, plan.init_report, plan.init_exe, plan.warm_request], plan.fd_limit)
+        {
             fail(plan.report, 13);
         }
         //    The init keeps two of them: its report pipe as fd 3, the spawn's as fd 4 (moved out of the way
@@ -386,10 +410,16 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         if plan.init_exe >= 0 {
             let init_report = libc::fcntl(plan.init_report, libc::F_DUPFD_CLOEXEC, 10);
             let spawn_report = libc::fcntl(plan.report, libc::F_DUPFD_CLOEXEC, 10);
+            // Each moved out of the way first, as any may sit at 3 to 6 now.
+            let warm_root = if warm_root >= 0 { libc::fcntl(warm_root, libc::F_DUPFD_CLOEXEC, 10) } else { -1 };
+            let request =
+                if plan.warm_request >= 0 { libc::fcntl(plan.warm_request, libc::F_DUPFD_CLOEXEC, 10) } else { -1 };
             if init_report < 0
                 || spawn_report < 0
                 || libc::dup2(init_report, INIT_REPORT_FD) < 0
                 || libc::dup2(spawn_report, INIT_SPAWN_REPORT_FD) < 0
+                || (plan.warm_request >= 0 && (request < 0 || libc::dup2(request, WARM_REQUEST_FD) < 0))
+                || (warm_root >= 0 && libc::dup2(warm_root, WARM_ROOT_FD) < 0)
             {
                 fail(plan.report, 13);
             }
@@ -561,7 +591,7 @@ unsafe fn reset_signal(sig: libc::c_int) {
 ///
 /// # Safety
 /// Same contract as [`child_main`].
-unsafe fn close_fds_slowly(keep: [RawFd; 3], limit: libc::c_int) -> bool {
+unsafe fn close_fds_slowly(keep: [RawFd; 4], limit: libc::c_int) -> bool {
     // SAFETY: close is async-signal-safe.
     unsafe {
         for fd in 3..limit {

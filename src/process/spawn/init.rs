@@ -36,6 +36,22 @@ pub(crate) const INIT_SPAWN_REPORT_FD: libc::c_int = 4;
 pub(crate) const EXEC_STEP: u32 = 15;
 /// Index of the init's fork of the program in the worker's set-up steps: the OS refused a process.
 pub(crate) const FORK_STEP: u32 = 17;
+/// Indices of the steps a warm sandbox's init does at hand-off (see [`warm`]).
+pub(crate) const CTTY_STEP: u32 = 1;
+pub(crate) const RLIMIT_STEP: u32 = 6;
+pub(crate) const CWD_STEP: u32 = 7;
+pub(crate) const MOUNT_STEP: u32 = 8;
+pub(crate) const PRIVILEGES_STEP: u32 = 10;
+pub(crate) const USER_STEP: u32 = 11;
+pub(crate) const STDIO_STEP: u32 = 12;
+pub(crate) const SECCOMP_STEP: u32 = 14;
+/// The init of a warm sandbox gets its job on this fd (a unix socket).
+pub(crate) const WARM_REQUEST_FD: libc::c_int = 5;
+/// A warm sandbox's init reaches the server's job directories through this fd (opened before its private
+/// /tmp covered them).
+pub(crate) const WARM_ROOT_FD: libc::c_int = 6;
+/// The argument that makes the init a warm sandbox's.
+pub(crate) const WARM_FLAG: &str = "--warm";
 
 /// Most orphans listed in the report (more are counted).
 const MAX_REPORTED_ORPHANS: usize = 1000;
@@ -48,13 +64,18 @@ pub fn main(args: Vec<OsString>) -> ! {
         // SAFETY: nothing is buffered that must be flushed.
         unsafe { libc::_exit(127) }
     }
+    let warm = args.get(1).is_some_and(|a| a == WARM_FLAG);
     // SAFETY: plain system calls on the init's own fds and state.
     unsafe {
-        libc::prctl(libc::PR_SET_NAME, c"forkpool-init".as_ptr(), 0, 0, 0);
+        // A warm sandbox's is `forkpool-warm` until it gets its job.
+        let name = if warm { c"forkpool-warm" } else { c"forkpool-init" };
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
         // Not ptrace-able or readable through /proc by the job, which runs as the same user.
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::fcntl(INIT_REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::fcntl(INIT_SPAWN_REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(WARM_REQUEST_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(WARM_ROOT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
     let code = run(args);
     // SAFETY: nothing is buffered that must be flushed.
@@ -62,27 +83,6 @@ pub fn main(args: Vec<OsString>) -> ! {
 }
 
 fn run(args: Vec<OsString>) -> i32 {
-    let strings = |items: Vec<Vec<u8>>| items.into_iter().map(CString::new).collect::<Result<Vec<_>, _>>();
-    let argv = strings(args.into_iter().skip(1).map(OsStringExt::into_vec).collect());
-    let envp = strings(
-        std::env::vars_os()
-            .map(|(k, v)| {
-                let mut entry = k.into_vec();
-                entry.push(b'=');
-                entry.extend(v.into_vec());
-                entry
-            })
-            .collect(),
-    );
-    let (Ok(argv), Ok(envp)) = (argv, envp) else { return exec_failed(libc::EINVAL) };
-    let Some((program, argv)) = argv.split_first() else { return exec_failed(libc::EINVAL) };
-    if argv.is_empty() {
-        return exec_failed(libc::EINVAL);
-    }
-    let argv: Vec<*const libc::c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     // SAFETY: `all` is a local; the mask is this (single-threaded) process's own.
     let all = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -90,22 +90,90 @@ fn run(args: Vec<OsString>) -> i32 {
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         all
     };
-    // SAFETY: the process is single-threaded; the child only makes async-signal-safe calls (setpgid, isatty
-    // (an ioctl), getpid, tcsetpgrp, sigprocmask, execve, write, _exit) on memory prepared above.
+    // A warm sandbox: everything is ready but the job, which the server hands over later (see `warm`).
+    let program = if args.get(1).is_some_and(|a| a == WARM_FLAG) {
+        match warm::receive() {
+            Ok(Some(job)) => {
+                // SAFETY: sets this process's own name.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"forkpool-init".as_ptr(), 0, 0, 0) };
+                job
+            }
+            // The server let the sandbox go (or died) before using it.
+            Ok(None) => return 0,
+            Err((step, errno)) => return report_failure(step, errno),
+        }
+    } else {
+        match Program::from_args(args) {
+            Some(program) => program,
+            None => return exec_failed(libc::EINVAL),
+        }
+    };
+    let argv: Vec<*const libc::c_char> =
+        program.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        program.envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    // SAFETY: the process is single-threaded; the child only makes async-signal-safe calls (dup2, close,
+    // setpgid, isatty (an ioctl), getpid, tcsetpgrp, signal, sigprocmask, execve, write, _exit) on memory
+    // prepared above.
     let job = unsafe { libc::fork() };
     if job == 0 {
         // SAFETY: see above.
-        unsafe { start_program(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) }
+        unsafe { start_program(program.path.as_ptr(), argv.as_ptr(), envp.as_ptr(), program.stdio) }
     }
     if job < 0 {
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN);
         return report_failure(FORK_STEP, errno);
     }
+    // The job's stdio and directory, handed over by the server, are the program's alone now.
+    for fd in program.stdio.into_iter().flatten().chain(program.cwd) {
+        // SAFETY: fds received by this process and used by nothing else in it.
+        unsafe { libc::close(fd) };
+    }
+    supervise(job, &all)
+}
+
+/// What the init starts.
+struct Program {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// The job's stdin, stdout and stderr when handed over (a warm sandbox); else they are fds 0-2 already.
+    stdio: Option<[libc::c_int; 3]>,
+    /// The job's directory, handed over (a warm sandbox).
+    cwd: Option<libc::c_int>,
+}
+
+impl Program {
+    /// From the init's own argv (`forkpool-init PROGRAM ARGV...`) and environment.
+    fn from_args(args: Vec<OsString>) -> Option<Program> {
+        let strings = |items: Vec<Vec<u8>>| items.into_iter().map(CString::new).collect::<Result<Vec<_>, _>>();
+        let argv = strings(args.into_iter().skip(1).map(OsStringExt::into_vec).collect()).ok()?;
+        let envp = strings(
+            std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut entry = k.into_vec();
+                    entry.push(b'=');
+                    entry.extend(v.into_vec());
+                    entry
+                })
+                .collect(),
+        )
+        .ok()?;
+        let (path, argv) = argv.split_first()?;
+        (!argv.is_empty()).then(|| Program { path: path.clone(), argv: argv.to_vec(), envp, stdio: None, cwd: None })
+    }
+}
+
+/// The init's life once the program runs: forward signals, reap, and when the program is done, kill and reap
+/// the rest and report. Returns the init's exit code.
+fn supervise(job: libc::pid_t, all: &libc::sigset_t) -> i32 {
     // SAFETY: plain system calls on the init's own fds. The report pipe's copy in the program closes at its
     // exec; the init lets go of the job's stdio, so that the job's closing them is seen (EOF, EPIPE).
     unsafe {
         libc::setpgid(job, job);
         libc::close(INIT_SPAWN_REPORT_FD);
+        libc::close(WARM_REQUEST_FD);
+        libc::close(WARM_ROOT_FD);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         for fd in 0..3 {
             if null < 0 {
@@ -121,7 +189,7 @@ fn run(args: Vec<OsString>) -> i32 {
     let mut report = Report::default();
     let status = loop {
         // SAFETY: `all` is initialised; no siginfo is asked for.
-        let signal = unsafe { libc::sigwaitinfo(&all, std::ptr::null_mut()) };
+        let signal = unsafe { libc::sigwaitinfo(all, std::ptr::null_mut()) };
         match signal {
             -1 => continue,
             libc::SIGCHLD => {
@@ -148,6 +216,14 @@ fn run(args: Vec<OsString>) -> i32 {
     if report.dropped > 0 {
         let _ = writeln!(text, "dropped {}", report.dropped);
     }
+    // SAFETY: `usage` is a local; the init's children are all reaped, so this is the whole job's.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    let _ = writeln!(text, "usage {} {} {}", micros(usage.ru_utime), micros(usage.ru_stime), usage.ru_maxrss);
     let _ = writeln!(text, "job {status}");
     write_all(INIT_REPORT_FD, text.as_bytes());
     if libc::WIFSIGNALED(status) { 128 + libc::WTERMSIG(status) } else { libc::WEXITSTATUS(status) }
@@ -162,9 +238,22 @@ unsafe fn start_program(
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
+    stdio: Option<[libc::c_int; 3]>,
 ) -> ! {
     // SAFETY: async-signal-safe calls only; `empty` and `buf` are locals.
     unsafe {
+        // Handed-over stdio (received at fds 6 and up, so never among 0-2 already): dup2 clears close-on-exec.
+        if let Some(stdio) = stdio {
+            for (target, fd) in (0..).zip(stdio) {
+                if libc::dup2(fd, target) < 0 {
+                    let errno = *libc::__errno_location();
+                    let (s, e) = (STDIO_STEP.to_ne_bytes(), errno.to_ne_bytes());
+                    let buf = [s[0], s[1], s[2], s[3], e[0], e[1], e[2], e[3]];
+                    libc::write(INIT_SPAWN_REPORT_FD, buf.as_ptr().cast(), buf.len());
+                    libc::_exit(127);
+                }
+            }
+        }
         libc::setpgid(0, 0);
         // SIGTTOU is blocked, so a background group may take the terminal.
         if libc::isatty(0) == 1 {
@@ -263,5 +352,303 @@ impl Report {
                 Some(name) => self.orphans.push((pid, name, status)),
             }
         }
+    }
+}
+
+/// A warm sandbox: the init was started, with its namespaces, mounts and cgroup, before any request; it runs
+/// as root of its (empty) namespaces until the server hands it a job on [`WARM_REQUEST_FD`]. Then it does the
+/// rest of a worker's set-up for that job, in the same order as a cold worker's child does (terminal,
+/// working directory, limits, privileges, user, seccomp), and starts the program. A failure is reported on
+/// the spawn's report pipe with the step's index, as the child does.
+///
+/// The request: one `sendmsg` of a fixed header ([`Header`]) carrying the fds (the job's directory, then its
+/// stdin, stdout and stderr, or its terminal's slave once), then `body_len` bytes: NUL-terminated strings
+/// (directory path, program path, argc, argv..., envc, env..., rlimit count, `RESOURCE VALUE`...), then
+/// `filter_len` bytes of seccomp filter (`struct sock_filter` array).
+pub(crate) mod warm {
+    use std::ffi::CString;
+
+    use super::*;
+
+    /// The request's fixed part.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub(crate) struct Header {
+        pub(crate) body_len: u32,
+        pub(crate) filter_len: u32,
+        pub(crate) flags: u32,
+        pub(crate) uid: u32,
+        pub(crate) gid: u32,
+        pub(crate) cap_last: u32,
+        pub(crate) keep_caps: u64,
+    }
+
+    /// The job runs under a terminal: one fd (the slave) stands for all three.
+    pub(crate) const TERMINAL: u32 = 1;
+    /// Empty the capability bounding set (but for `keep_caps`).
+    pub(crate) const DROP_CAPABILITIES: u32 = 2;
+    /// Bind the job's directory into the private /tmp (it lies under a tmpfs of the sandbox).
+    pub(crate) const BIND_CWD: u32 = 4;
+    /// The root is read-only: bind the directory onto itself, writable.
+    pub(crate) const READ_ONLY_ROOT: u32 = 8;
+    /// Switch to `uid`/`gid`.
+    pub(crate) const SWITCH_USER: u32 = 16;
+    /// Largest request accepted (argv and environment included).
+    const MAX_BODY: u32 = 16 << 20;
+
+    /// Waits for the job; `Ok(None)` when the server closed the socket instead.
+    pub(super) fn receive() -> Result<Option<Program>, (u32, i32)> {
+        let mut header = Header::default();
+        let mut fds = [-1 as libc::c_int; 4];
+        let received = receive_header(&mut header, &mut fds).map_err(|e| (MOUNT_STEP, e))?;
+        if !received {
+            return Ok(None);
+        }
+        let terminal = header.flags & TERMINAL != 0;
+        let (cwd_fd, stdio) = (fds[0], if terminal { [fds[1]; 3] } else { [fds[1], fds[2], fds[3]] });
+        if cwd_fd < 0 || stdio.contains(&-1) || header.body_len > MAX_BODY {
+            return Err((MOUNT_STEP, libc::EINVAL));
+        }
+        let mut body = vec![0u8; (header.body_len + header.filter_len) as usize];
+        read_exact(WARM_REQUEST_FD, &mut body).map_err(|e| (MOUNT_STEP, e))?;
+        let (strings, filter) = body.split_at(header.body_len as usize);
+        let mut fields = strings.split(|b| *b == 0).map(|s| s.to_vec());
+        let mut next = || fields.next().ok_or((MOUNT_STEP, libc::EINVAL));
+        let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| (MOUNT_STEP, libc::EINVAL));
+        let number = |bytes: Vec<u8>| -> Result<u64, (u32, i32)> {
+            String::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).ok_or((MOUNT_STEP, libc::EINVAL))
+        };
+        let cwd = cstring(next()?)?;
+        let in_root = cstring(next()?)?;
+        let path = cstring(next()?)?;
+        let argc = number(next()?)?;
+        let argv = (0..argc).map(|_| next().and_then(cstring)).collect::<Result<Vec<_>, _>>()?;
+        let envc = number(next()?)?;
+        let envp = (0..envc).map(|_| next().and_then(cstring)).collect::<Result<Vec<_>, _>>()?;
+        let limits = number(next()?)?;
+        let mut rlimits = Vec::new();
+        for _ in 0..limits {
+            let pair = String::from_utf8(next()?).map_err(|_| (RLIMIT_STEP, libc::EINVAL))?;
+            let (resource, value) = pair.split_once(' ').ok_or((RLIMIT_STEP, libc::EINVAL))?;
+            let resource: libc::c_int = resource.parse().map_err(|_| (RLIMIT_STEP, libc::EINVAL))?;
+            rlimits.push((resource, value.parse::<u64>().map_err(|_| (RLIMIT_STEP, libc::EINVAL))?));
+        }
+        if terminal {
+            // SAFETY: the init leads its session, which has no controlling terminal yet.
+            if unsafe { libc::ioctl(stdio[0], libc::TIOCSCTTY, 0) } < 0 {
+                return Err((CTTY_STEP, errno()));
+            }
+        }
+        enter_directory(&cwd, &in_root, cwd_fd, header.flags)?;
+        for (resource, value) in rlimits {
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            // SAFETY: `limit` is a local.
+            if unsafe { libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) } < 0 {
+                return Err((RLIMIT_STEP, errno()));
+            }
+        }
+        restrict(&header)?;
+        if !filter.is_empty() {
+            let program = libc::sock_fprog {
+                len: (filter.len() / std::mem::size_of::<libc::sock_filter>()) as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: `program` points into `body`, alive for the call (the kernel copies the filter).
+            if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const _, 0, 0) } < 0 {
+                return Err((SECCOMP_STEP, errno()));
+            }
+        }
+        let stdio = if terminal { [stdio[0]; 3] } else { stdio };
+        Ok(Some(Program { path, argv, envp, stdio: Some(stdio), cwd: Some(cwd_fd) }))
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    }
+
+    /// Receives the header and up to four fds; `false` at the end of the stream.
+    fn receive_header(header: &mut Header, fds: &mut [libc::c_int; 4]) -> Result<bool, i32> {
+        // SAFETY: every pointer is to a local of the right size; the control buffer is large enough and
+        // aligned for four fds; received fds are copied out of it as the cmsg says.
+        unsafe {
+            let mut control = [0u64; 8];
+            let mut iov =
+                libc::iovec { iov_base: (header as *mut Header).cast(), iov_len: std::mem::size_of::<Header>() };
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = std::mem::size_of_val(&control);
+            let n = loop {
+                let n = libc::recvmsg(WARM_REQUEST_FD, &mut message, libc::MSG_CMSG_CLOEXEC);
+                if n < 0 && errno() == libc::EINTR {
+                    continue;
+                }
+                break n;
+            };
+            if n == 0 {
+                return Ok(false);
+            }
+            if n != std::mem::size_of::<Header>() as isize {
+                return Err(if n < 0 { errno() } else { libc::EPROTO });
+            }
+            let mut cmsg = libc::CMSG_FIRSTHDR(&message);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                    for (i, fd) in fds.iter_mut().enumerate().take(count.min(4)) {
+                        *fd = data.add(i).read_unaligned();
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&message, cmsg);
+            }
+            Ok(true)
+        }
+    }
+
+    fn read_exact(fd: libc::c_int, mut buf: &mut [u8]) -> Result<(), i32> {
+        while !buf.is_empty() {
+            // SAFETY: `buf` is a live, writable slice.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                n if n > 0 => buf = &mut buf[n as usize..],
+                0 => return Err(libc::EPROTO),
+                _ if errno() == libc::EINTR => {}
+                _ => return Err(errno()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the job's directory (`fd`, at `path` outside; `in_root` below the work root) its working
+    /// directory at the same path inside. A bind mount's source must be of the init's own mount namespace: it
+    /// is reached from the work root's fd, opened in it.
+    fn enter_directory(path: &CString, in_root: &CString, fd: libc::c_int, flags: u32) -> Result<(), (u32, i32)> {
+        if flags & (BIND_CWD | READ_ONLY_ROOT) != 0 {
+            // Its parents inside the private /tmp (made empty): each one's mkdir may find it there.
+            let bytes = path.as_bytes();
+            for (i, _) in bytes.iter().enumerate().skip(1).filter(|(_, b)| **b == b'/') {
+                if flags & BIND_CWD != 0 {
+                    let parent = CString::new(&bytes[..i]).map_err(|_| (MOUNT_STEP, libc::EINVAL))?;
+                    // SAFETY: `parent` is a C string.
+                    unsafe { libc::mkdir(parent.as_ptr(), 0o755) };
+                }
+            }
+            if flags & BIND_CWD != 0 {
+                // SAFETY: `path` is a C string.
+                unsafe { libc::mkdir(path.as_ptr(), 0o755) };
+            }
+            // SAFETY: `in_root` is a C string; the work root's fd is the init's own.
+            let directory = unsafe {
+                libc::openat(WARM_ROOT_FD, in_root.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            };
+            if in_root.is_empty() || directory < 0 {
+                return Err((MOUNT_STEP, if directory < 0 { errno() } else { libc::EXDEV }));
+            }
+            let source = CString::new(format!("/proc/self/fd/{directory}")).map_err(|_| (MOUNT_STEP, libc::EINVAL))?;
+            // SAFETY: C strings; a bind mount of the job's directory onto its own path.
+            let bound = unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                )
+            };
+            // SAFETY: our own fd.
+            unsafe { libc::close(directory) };
+            if bound < 0 {
+                return Err((MOUNT_STEP, errno()));
+            }
+            if flags & READ_ONLY_ROOT != 0 {
+                let attr = [0u64, 1, 0, 0]; // struct mount_attr { set, clr = MOUNT_ATTR_RDONLY, .. }
+                // SAFETY: `attr` is the kernel's struct mount_attr; `path` a C string.
+                let set = unsafe {
+                    libc::syscall(
+                        libc::SYS_mount_setattr,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        libc::AT_RECURSIVE as libc::c_uint,
+                        attr.as_ptr(),
+                        std::mem::size_of_val(&attr),
+                    )
+                };
+                if set < 0 {
+                    return Err((MOUNT_STEP, errno()));
+                }
+            }
+        }
+        // SAFETY: C string; fchdir on the received directory if the path cannot be entered.
+        if unsafe { libc::chdir(path.as_ptr()) } < 0 && unsafe { libc::fchdir(fd) } < 0 {
+            return Err((CWD_STEP, errno()));
+        }
+        Ok(())
+    }
+
+    /// The kernel's capability structures (version 3).
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    /// No privilege kept but what the job's entry names, none gained later, then the job's user; the init
+    /// dies with the server still (a uid change clears the parent-death signal).
+    fn restrict(header: &Header) -> Result<(), (u32, i32)> {
+        // SAFETY: prctl, capget/capset with locals of the kernel's layout, setgroups/setresgid/setresuid,
+        // poll with a local: plain system calls in a single-threaded process.
+        unsafe {
+            if header.flags & DROP_CAPABILITIES != 0 {
+                for cap in 0..=header.cap_last.min(63) {
+                    let kept = header.keep_caps & (1u64 << cap) != 0;
+                    if !kept && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                        if errno() == libc::EINVAL {
+                            break;
+                        }
+                        return Err((PRIVILEGES_STEP, errno()));
+                    }
+                }
+            }
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+            let mut cap_header = CapHeader { version: 0x2008_0522, pid: 0 };
+            let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+            if libc::syscall(libc::SYS_capget, &mut cap_header as *mut CapHeader, data.as_mut_ptr()) == 0 {
+                data[0].inheritable &= header.keep_caps as u32;
+                data[1].inheritable &= (header.keep_caps >> 32) as u32;
+                if libc::syscall(libc::SYS_capset, &mut cap_header as *mut CapHeader, data.as_ptr()) < 0 {
+                    return Err((PRIVILEGES_STEP, errno()));
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) < 0 {
+                return Err((PRIVILEGES_STEP, errno()));
+            }
+            if header.flags & SWITCH_USER != 0 {
+                let groups = [header.gid];
+                if libc::setgroups(1, groups.as_ptr()) < 0
+                    || libc::setresgid(header.gid, header.gid, header.gid) < 0
+                    || libc::setresuid(header.uid, header.uid, header.uid) < 0
+                {
+                    return Err((USER_STEP, errno()));
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                    return Err((USER_STEP, errno()));
+                }
+                // The server holds the other end of the report pipe: gone, the pipe says so.
+                let mut report = libc::pollfd { fd: INIT_REPORT_FD, events: 0, revents: 0 };
+                if libc::poll(&mut report, 1, 0) < 0 || report.revents & libc::POLLERR != 0 {
+                    return Err((USER_STEP, libc::ESRCH));
+                }
+            }
+        }
+        Ok(())
     }
 }

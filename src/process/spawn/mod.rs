@@ -84,6 +84,15 @@ pub(crate) struct Command {
     seccomp: bool,
     /// Run under forkpool's init (a pid namespace): its argv, `forkpool-init PROGRAM ARGV...`.
     init_argv: Option<Vec<CString>>,
+    /// A warm sandbox of this shape, not a worker (see [`Command::warm`]).
+    warm: bool,
+    /// The working directory lies under a private tmpfs (or the root is read-only): a warm sandbox's init
+    /// binds it in.
+    bind_cwd: bool,
+    /// The root is read-only.
+    read_only_root: bool,
+    /// A warm sandbox: the directory its jobs' directories are made in.
+    warm_root: Option<(CString, PathBuf)>,
 }
 
 /// One step of a mount namespace's set-up, owning its strings (see [`FsOp`]).
@@ -200,7 +209,30 @@ impl Command {
             loopback: false,
             seccomp: false,
             init_argv: None,
+            warm: false,
+            bind_cwd: false,
+            read_only_root: false,
+            warm_root: None,
         })
+    }
+
+    /// Makes this a warm sandbox of the command's shape (namespaces, mounts, cgroup, rlimits are ignored: the
+    /// job's come with it) instead of a worker: forkpool's init waits for a job ([`Staged::start`]). Needs a
+    /// pid namespace. No privilege is dropped before the job comes (the init does it then).
+    pub(crate) fn warm(mut self, work_root: &Path) -> Result<Self, SpawnError> {
+        self.warm_root = Some((path_cstring(work_root)?, work_root.to_path_buf()));
+        if self.init_argv.is_none() {
+            return Err(SpawnError::InvalidCommand("a warm sandbox needs a pid namespace".into()));
+        }
+        let arg = |s: &str| CString::new(s).map_err(|_| SpawnError::InvalidCommand("init".into()));
+        self.init_argv = Some(vec![arg(init::ARGV0)?, arg(init::WARM_FLAG)?]);
+        self.warm = true;
+        self.ids = None;
+        self.drop_capabilities = false;
+        self.seccomp = false;
+        self.rlimits.clear();
+        self.terminal = None;
+        Ok(self)
     }
 
     /// Runs the worker in `dir`.
@@ -268,6 +300,13 @@ impl Command {
         if ns.pid || ns.private_tmp {
             flags |= libc::CLONE_NEWNS;
             self.fs = self.mount_steps(ns)?;
+            self.read_only_root = ns.private_tmp && ns.read_only_root;
+            self.bind_cwd = ns.private_tmp
+                && self.cwd_path.as_ref().is_some_and(|cwd| {
+                    ["/tmp", "/dev/shm"]
+                        .iter()
+                        .any(|dir| cwd.strip_prefix(dir).is_ok_and(|b| !b.as_os_str().is_empty()))
+                });
         }
         if ns.pid {
             flags |= libc::CLONE_NEWPID;
@@ -330,6 +369,7 @@ impl Command {
         }
         if let Some(cwd) = &cwd
             && (covered || read_only)
+            && !self.warm
         {
             steps.push(FsStep::Mount {
                 source: Some(c".".into()),
@@ -398,6 +438,8 @@ pub(crate) struct Spawned {
     pub(crate) stdio_links: Vec<String>,
     /// The job's entries in the registry, removed when this is dropped (after the job's end).
     pub(crate) registration: Registration,
+    /// A pid namespace's init: the read end of its report pipe (see [`crate::process::init_report`]).
+    pub(crate) init_report: Option<OwnedFd>,
 }
 
 /// The server's ends of a worker's stdio. Both close on exec: no job ever holds another's.
@@ -464,7 +506,7 @@ struct Request {
     command: Command,
     entry: WorkerEntry,
     ticket: Arc<SpawnTicket>,
-    reply: oneshot::Sender<Result<Spawned, SpawnError>>,
+    reply: oneshot::Sender<Result<Started, SpawnError>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -538,6 +580,28 @@ impl Spawner {
         entry: WorkerEntry,
         ticket: Arc<SpawnTicket>,
     ) -> Result<Spawned, SpawnError> {
+        match self.run_spawn(command, entry, ticket).await? {
+            Started::Running(spawned) => Ok(spawned),
+            Started::Warm(_) => Err(SpawnError::InvalidCommand("a warm sandbox where a worker was asked for".into())),
+        }
+    }
+
+    /// Makes a warm sandbox for jobs shaped like `command` (see [`Command::warm`]), registered through `entry`.
+    pub(crate) async fn stage(&self, command: Command, entry: WorkerEntry) -> Result<Staged, SpawnError> {
+        match self.run_spawn(command, entry, Arc::new(SpawnTicket::default())).await? {
+            Started::Warm(staged) => Ok(staged),
+            Started::Running(_) => {
+                Err(SpawnError::InvalidCommand("a worker where a warm sandbox was asked for".into()))
+            }
+        }
+    }
+
+    async fn run_spawn(
+        &self,
+        command: Command,
+        entry: WorkerEntry,
+        ticket: Arc<SpawnTicket>,
+    ) -> Result<Started, SpawnError> {
         let (reply, answer) = oneshot::channel();
         self.threads.queued.fetch_add(1, Ordering::AcqRel);
         self.requests.send(Request { command, entry, ticket, reply }).map_err(|_| SpawnError::SpawnerGone)?;
@@ -580,8 +644,11 @@ fn start_thread(shared: &Arc<Threads>) -> std::io::Result<()> {
             let result = spawn_one(registry, &mut stack, parent, &command, entry, &ticket);
             if let Err(Ok(orphaned)) = reply.send(result) {
                 // The job went away during the spawn: nobody would ever end this worker.
-                registry
-                    .with_live_worker(orphaned.pid, |pid| crate::process::signal::signal_group(pid, Signal::SIGKILL));
+                let pid = match orphaned {
+                    Started::Running(spawned) => spawned.pid,
+                    Started::Warm(staged) => staged.pid,
+                };
+                registry.with_live_worker(pid, |pid| crate::process::signal::signal_group(pid, Signal::SIGKILL));
             }
         }
         park_forever()
@@ -647,6 +714,9 @@ pub(crate) fn probe(ns: Namespaces, cwd: &Path) -> Result<(), SpawnError> {
             init_report: -1,
             exit_signal: 0,
             probe: true,
+            warm: false,
+            warm_request: -1,
+            warm_root: std::ptr::null(),
         };
         let mut stack = vec![0u8; CHILD_STACK_BYTES];
         let mut pid = 0;
@@ -709,43 +779,27 @@ fn spawn_one(
     stack: &mut [u8],
     Parent { server_pid, guardian_fd, announce, init_exe }: Parent,
     command: &Command,
-    mut entry: WorkerEntry,
+    entry: WorkerEntry,
     ticket: &Arc<SpawnTicket>,
-) -> Result<Spawned, SpawnError> {
+) -> Result<Started, SpawnError> {
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
-    // The server's ends, and the worker's: three pipes, or a pty whose slave is all three.
-    let (io, child_ends, child_stdio, ctty) = match command.terminal {
-        None => {
-            let (stdin_r, stdin_w) = pipe()?;
-            let (stdout_r, stdout_w) = pipe()?;
-            let (stderr_r, stderr_w) = pipe()?;
-            for output in [&stdout_r, &stderr_r] {
-                // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
-                // when filled). Best effort: the system limit may be lower.
-                let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
-            }
-            // The job's ends belong to the job's user, as a terminal would: pipes are 0600, and a job reopening
-            // its stdio by name (`/dev/stderr`, `/proc/self/fd/1`) must be allowed to.
-            if let Some((uid, gid)) = command.ids {
-                for end in [&stdin_r, &stdout_w, &stderr_w] {
-                    nix::unistd::fchown(end, Some(uid.into()), Some(gid.into())).map_err(SpawnError::Resources)?;
-                }
-            }
-            let io = WorkerIo::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
-            let stdio = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
-            (io, vec![stdin_r, stdout_w, stderr_w], stdio, -1)
-        }
-        Some(spec) => {
-            let pair = pty::open(spec, command.ids.map(|(uid, _)| uid)).map_err(SpawnError::Terminal)?;
-            let slave = pair.slave.as_raw_fd();
-            (WorkerIo::Terminal { master: pair.master }, vec![pair.slave], [slave; 3], slave)
-        }
+    // The server's ends, and the worker's; a warm sandbox's init gets the job's later, and /dev/null now.
+    let (io, child_ends, child_stdio, ctty) = if command.warm {
+        let null = nix::fcntl::open(c"/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(SpawnError::Resources)?;
+        let fd = null.as_raw_fd();
+        (None, vec![null], [fd; 3], -1)
+    } else {
+        let (io, ends, stdio, ctty) = open_stdio(command.terminal, command.ids)?;
+        (Some(io), ends, stdio, ctty)
     };
-    let stdio_links = child_ends
-        .iter()
-        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok())
-        .filter_map(|link| link.to_str().map(String::from))
-        .collect();
+    let stdio_links = links(&child_ends);
+    // A warm sandbox's request socket: the server's end, and its init's (fd 5 there).
+    let request = command
+        .warm
+        .then(std::os::unix::net::UnixStream::pair)
+        .transpose()
+        .map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE))))?;
     let (report_r, report_w) = pipe()?;
     // Under an init (a pid namespace): its argv, and its report pipe, read by the reaper when it is reaped.
     let init_report = match &command.init_argv {
@@ -756,12 +810,12 @@ fn spawn_one(
                 errno: Errno::ENOENT,
             });
         }
-        Some(_) => {
-            let (read, write) = pipe()?;
-            entry.init_report = Some(read);
-            Some(write)
-        }
+        Some(_) => Some(pipe()?),
         None => None,
+    };
+    let (init_report_read, init_report) = match init_report {
+        Some((read, write)) => (Some(read), Some(write)),
+        None => (None, None),
     };
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const c_char> =
@@ -811,6 +865,9 @@ fn spawn_one(
         init_report: init_report.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         exit_signal: libc::SIGCHLD,
         probe: false,
+        warm: command.warm,
+        warm_request: request.as_ref().map_or(-1, |(_, init)| init.as_raw_fd()),
+        warm_root: command.warm_root.as_ref().map_or(std::ptr::null(), |(c, _)| c.as_ptr()),
     };
     // The v2 cgroup directory, for clone3's CLONE_INTO_CGROUP.
     let cgroup_dir = match &command.cgroup_dir {
@@ -836,6 +893,25 @@ fn spawn_one(
     drop(cgroup_dir);
     // Our copies of the child's ends must close, or EOF would never come.
     drop((child_ends, report_w, init_report));
+    if let Some((request, init_end)) = request {
+        drop(init_end);
+        // The child has exec'd the init (or exited: CLONE_VFORK), and a failure wrote its report before
+        // exiting; the init keeps the pipe open until its program execs, so there is no EOF to wait for.
+        rustix::io::ioctl_fionbio(&report_r, true)
+            .map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error())))?;
+        let mut report = [0u8; 8];
+        return match nix::unistd::read(&report_r, &mut report) {
+            Err(Errno::EAGAIN) => {
+                let root = command.warm_root.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
+                let init_report = init_report_read;
+                Ok(Started::Warm(Staged { pid, registration, request, report: report_r, root, init_report }))
+            }
+            other => {
+                drop(registration);
+                Err(report_error(&command.display, other, &report))
+            }
+        };
+    }
     let mut report = [0u8; 8];
     let read = loop {
         match nix::unistd::read(&report_r, &mut report) {
@@ -844,24 +920,251 @@ fn spawn_one(
         }
     };
     match read {
-        Ok(0) => Ok(Spawned { pid, io, stdio_links, registration }),
+        Ok(0) => {
+            let io = io.ok_or(SpawnError::Cancelled)?;
+            Ok(Started::Running(Spawned { pid, io, stdio_links, registration, init_report: init_report_read }))
+        }
         other => {
             // The child has exited (the reaper collects it); it is not a job any more.
             drop(registration);
-            let (step, errno) = match other {
-                Ok(8) => {
-                    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-                    let errno = Errno::from_raw(i32::from_ne_bytes([report[4], report[5], report[6], report[7]]));
-                    // The init could not fork the program: the OS refused a process, as a clone here would.
-                    if step == child::FORK_STEP {
-                        return Err(SpawnError::Resources(errno));
-                    }
-                    (STEPS.get(step as usize).copied().unwrap_or("setup"), errno)
-                }
-                Ok(_) => ("setup", Errno::EIO),
-                Err(e) => ("read the exec report", e),
-            };
-            Err(SpawnError::Exec { program: command.display.clone(), step, errno })
+            Err(report_error(&command.display, other, &report))
         }
     }
+}
+
+/// The error a child's (or an init's) report pipe gave: 8 bytes of step and errno, or a short read.
+fn report_error(program: &str, read: Result<usize, Errno>, report: &[u8; 8]) -> SpawnError {
+    let (step, errno) = match read {
+        Ok(8) => {
+            let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+            let errno = Errno::from_raw(i32::from_ne_bytes([report[4], report[5], report[6], report[7]]));
+            // The init could not fork the program: the OS refused a process, as a clone here would.
+            if step == child::FORK_STEP {
+                return SpawnError::Resources(errno);
+            }
+            (STEPS.get(step as usize).copied().unwrap_or("setup"), errno)
+        }
+        Ok(0) => ("exec forkpool's init", Errno::EIO),
+        Ok(_) => ("setup", Errno::EIO),
+        Err(e) => ("read the exec report", e),
+    };
+    SpawnError::Exec { program: program.to_string(), step, errno }
+}
+
+/// The server's ends of a job's stdio, the job's (to be closed here once the job has them), the job's as fds
+/// 0-2, and its controlling terminal (-1 for pipes).
+type Stdio = (WorkerIo, Vec<OwnedFd>, [std::os::fd::RawFd; 3], std::os::fd::RawFd);
+
+/// Opens a job's stdio: three pipes, or a pty whose slave is all three; owned by the job's user.
+fn open_stdio(terminal: Option<TerminalSpec>, ids: Option<(u32, u32)>) -> Result<Stdio, SpawnError> {
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources);
+    match terminal {
+        None => {
+            let (stdin_r, stdin_w) = pipe()?;
+            let (stdout_r, stdout_w) = pipe()?;
+            let (stderr_r, stderr_w) = pipe()?;
+            for output in [&stdout_r, &stderr_r] {
+                // Room for the job to run ahead while a chunk is on its way to the client (pages are only used
+                // when filled). Best effort: the system limit may be lower.
+                let _ = nix::fcntl::fcntl(output, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
+            }
+            // The job's ends belong to the job's user, as a terminal would: pipes are 0600, and a job reopening
+            // its stdio by name (`/dev/stderr`, `/proc/self/fd/1`) must be allowed to.
+            if let Some((uid, gid)) = ids {
+                for end in [&stdin_r, &stdout_w, &stderr_w] {
+                    nix::unistd::fchown(end, Some(uid.into()), Some(gid.into())).map_err(SpawnError::Resources)?;
+                }
+            }
+            let io = WorkerIo::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
+            let stdio = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
+            Ok((io, vec![stdin_r, stdout_w, stderr_w], stdio, -1))
+        }
+        Some(spec) => {
+            let pair = pty::open(spec, ids.map(|(uid, _)| uid)).map_err(SpawnError::Terminal)?;
+            let slave = pair.slave.as_raw_fd();
+            Ok((WorkerIo::Terminal { master: pair.master }, vec![pair.slave], [slave; 3], slave))
+        }
+    }
+}
+
+/// What `/proc/self/fd` says the job's ends are (`pipe:[INODE]`, `/dev/pts/N`).
+fn links(ends: &[OwnedFd]) -> Vec<String> {
+    ends.iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok())
+        .filter_map(|link| link.to_str().map(String::from))
+        .collect()
+}
+
+/// What a spawner thread made: a running worker, or a warm sandbox waiting for its job.
+#[derive(Debug)]
+enum Started {
+    Running(Spawned),
+    Warm(Staged),
+}
+
+/// A warm sandbox: forkpool's init, in the namespaces, mounts and cgroup of a job to come, waiting on its
+/// request socket (see [`init::warm`]). [`Staged::start`] hands it a job.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The init's pid.
+    pub(crate) pid: i32,
+    registration: Registration,
+    request: std::os::unix::net::UnixStream,
+    /// The spawn's report pipe (non-blocking): the job's set-up failure, or EOF once its program has exec'd.
+    report: OwnedFd,
+    /// The directory of job directories, as the init reaches it.
+    root: PathBuf,
+    /// The read end of the init's report pipe.
+    init_report: Option<OwnedFd>,
+}
+
+impl Staged {
+    /// Hands `command` (a job of this sandbox's shape) to the init, and returns once its program has exec'd
+    /// (or the set-up failed). `command`'s namespaces and mounts are the sandbox's already; the rest (terminal,
+    /// directory, limits, privileges, user, seccomp, stdio) the init applies now.
+    pub(crate) async fn start(self, command: &Command) -> Result<Spawned, SpawnError> {
+        let Staged { pid, registration, request, report, root, init_report } = self;
+        let (io, child_ends, _, _) = open_stdio(command.terminal, command.ids)?;
+        let stdio_links = links(&child_ends);
+        let cwd = command.cwd_path.as_deref().unwrap_or(Path::new("/"));
+        let directory =
+            nix::fcntl::open(cwd, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(SpawnError::Resources)?;
+        let mut body = Vec::new();
+        let mut push = |bytes: &[u8]| {
+            body.extend_from_slice(bytes);
+            body.push(0);
+        };
+        push(cwd.as_os_str().as_encoded_bytes());
+        push(cwd.strip_prefix(&root).map_or(&[][..], |p| p.as_os_str().as_encoded_bytes()));
+        push(command.program.as_bytes());
+        push(command.argv.len().to_string().as_bytes());
+        for arg in &command.argv {
+            push(arg.as_bytes());
+        }
+        push(command.envp.len().to_string().as_bytes());
+        for entry in &command.envp {
+            push(entry.as_bytes());
+        }
+        push(command.rlimits.len().to_string().as_bytes());
+        for (resource, value) in &command.rlimits {
+            push(format!("{resource} {value}").as_bytes());
+        }
+        let filter: &[u8] = match command.seccomp.then(seccomp::filter).flatten() {
+            // SAFETY: the program's `len` instructions are a live, never-written static array.
+            Some(program) => unsafe {
+                std::slice::from_raw_parts(
+                    program.filter.cast::<u8>(),
+                    program.len as usize * std::mem::size_of::<libc::sock_filter>(),
+                )
+            },
+            None => &[],
+        };
+        let mut flags = 0;
+        if command.terminal.is_some() {
+            flags |= init::warm::TERMINAL;
+        }
+        if command.drop_capabilities {
+            flags |= init::warm::DROP_CAPABILITIES;
+        }
+        if command.bind_cwd {
+            flags |= init::warm::BIND_CWD;
+        }
+        if command.read_only_root {
+            flags |= init::warm::READ_ONLY_ROOT;
+        }
+        if command.ids.is_some() {
+            flags |= init::warm::SWITCH_USER;
+        }
+        let (uid, gid) = command.ids.unwrap_or((u32::MAX, u32::MAX));
+        let header = init::warm::Header {
+            body_len: u32::try_from(body.len())
+                .map_err(|_| SpawnError::InvalidCommand("argv and env too large".into()))?,
+            filter_len: filter.len() as u32,
+            flags,
+            uid,
+            gid,
+            cap_last: u32::try_from(cap_last()).unwrap_or(63),
+            keep_caps: command.keep_caps,
+        };
+        let mut fds = vec![directory.as_raw_fd()];
+        fds.extend(child_ends.iter().map(AsRawFd::as_raw_fd).take(if command.terminal.is_some() { 1 } else { 3 }));
+        send_with_fds(&request, &header, &fds).map_err(SpawnError::Resources)?;
+        // The init reads as it gets it; a request is bounded by the argv and environment a client may send.
+        std::io::Write::write_all(&mut &request, &body)
+            .and_then(|()| std::io::Write::write_all(&mut &request, filter))
+            .map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EPIPE))))?;
+        // The job's ends are the init's now (received with the message).
+        drop((child_ends, directory));
+        let report =
+            watch(report).map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        let read = loop {
+            let mut ready = report
+                .readable()
+                .await
+                .map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+            match ready.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf[got..]).map_err(std::io::Error::from)) {
+                Ok(Ok(0)) => break Ok(got),
+                Ok(Ok(n)) => {
+                    got += n;
+                    if got == buf.len() {
+                        break Ok(got);
+                    }
+                }
+                Ok(Err(e)) => break Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+                Err(_would_block) => {}
+            }
+        };
+        drop(request);
+        match read {
+            Ok(0) => Ok(Spawned { pid, io, stdio_links, registration, init_report }),
+            other => Err(report_error(&command.display, other, &buf)),
+        }
+    }
+}
+
+/// Sends `header` with `fds` attached (`SCM_RIGHTS`) on `socket`, in one `sendmsg`.
+fn send_with_fds(
+    socket: &std::os::unix::net::UnixStream,
+    header: &init::warm::Header,
+    fds: &[std::os::fd::RawFd],
+) -> Result<(), Errno> {
+    let space = unsafe_cmsg_space(std::mem::size_of_val(fds));
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: the iovec points at `header` (alive for the call); the control buffer is zeroed, 8-byte aligned
+    // and CMSG_SPACE long for the fds, and the one cmsg written into it stays within it.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: (header as *const init::warm::Header).cast_mut().cast(),
+            iov_len: std::mem::size_of::<init::warm::Header>(),
+        };
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&message);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        loop {
+            let sent = libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL);
+            if sent == std::mem::size_of::<init::warm::Header>() as isize {
+                return Ok(());
+            }
+            if sent < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return Err(if sent < 0 { Errno::last() } else { Errno::EPROTO });
+        }
+    }
+}
+
+/// `CMSG_SPACE(bytes)`.
+fn unsafe_cmsg_space(bytes: usize) -> usize {
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE(bytes as u32) as usize }
 }

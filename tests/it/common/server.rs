@@ -17,6 +17,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_forkpool");
 
 /// The guardian's process name.
 pub const GUARDIAN: &str = "forkpool-guard";
+/// The name of a warm sandbox's init while it waits for a job (it is `forkpool-init` once it has one).
+pub const WARM_SANDBOX: &str = "forkpool-warm";
 
 /// A running server. Dropping it kills it (SIGKILL) and waits for it, even when the test failed; the log
 /// is printed if the test is panicking.
@@ -151,9 +153,18 @@ impl TestServer {
         None
     }
 
-    /// The server's direct children right now, but for its guardian (which lives as long as the server).
+    /// The server's direct children right now, but for its guardian (which lives as long as the server) and its
+    /// warm sandboxes (idle inits waiting for a job, named `forkpool-warm`; see `src/job/warm.rs`).
     pub fn children(&self) -> Vec<ProcInfo> {
-        all_processes().into_iter().filter(|p| p.ppid == self.pid && p.comm != GUARDIAN).collect()
+        all_processes()
+            .into_iter()
+            .filter(|p| p.ppid == self.pid && p.comm != GUARDIAN && p.comm != WARM_SANDBOX)
+            .collect()
+    }
+
+    /// The server's warm sandboxes, idle.
+    pub fn warm_sandboxes(&self) -> Vec<ProcInfo> {
+        all_processes().into_iter().filter(|p| p.ppid == self.pid && p.comm == WARM_SANDBOX).collect()
     }
 
     /// The server's guardian process.
