@@ -309,3 +309,16 @@ def test_statuses_and_exits_survive_writes_racing_the_end_of_the_call(address: s
             assert result.stdout == b"done\n" and result.exit_code == 0
 
     run(address, scenario)
+
+
+def test_many_small_stdin_pieces_are_coalesced(address: str) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(500_000):
+            yield b"x\n"
+
+    async def scenario(client: forkpool.AsyncClient) -> None:
+        result = await client.run(command=["wc", "-l"], stdin=pieces(), deadline=15)
+        assert result.stdout.strip() == b"500000"
+        assert (await client.run("echo")).ok
+
+    run(address, scenario)

@@ -366,3 +366,12 @@ def test_statuses_and_exits_survive_writes_racing_the_end_of_the_call(client: fo
     for _ in range(20):
         result = client.run(command=["sh", "-c", "head -c 1 >/dev/null; echo done"], stdin=b"y" * (4 << 20))
         assert result.stdout == b"done\n" and result.exit_code == 0
+
+
+def test_many_small_stdin_pieces_are_coalesced(client: forkpool.Client) -> None:
+    # Half a million 2-byte pieces: sent one message each, they would be a flood of tiny HTTP/2 frames that
+    # the server answers with GOAWAY (ENHANCE_YOUR_CALM) for the whole connection.
+    # One message per piece also takes ~30 s here: the deadline fails that too.
+    result = client.run(command=["wc", "-l"], stdin=(b"x\n" for _ in range(500_000)), deadline=15)
+    assert result.stdout.strip() == b"500000"
+    assert client.run("echo", args=["the connection is fine"]).ok

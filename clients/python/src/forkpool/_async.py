@@ -77,6 +77,14 @@ async def _stdin_chunks(source: AsyncStdin) -> AsyncIterator[bytes]:
         for chunk in _core.sync_chunks(bytes(source) if not isinstance(source, str) else source):
             yield chunk
         return
+    read = getattr(source, "read", None)
+    if read is not None and inspect.iscoroutinefunction(read):
+        # asyncio.StreamReader, aiohttp's request.content: read in chunks (their iterators yield lines).
+        while True:
+            data = await read(_core.STDIN_CHUNK)
+            if not data:
+                return
+            yield data.encode() if isinstance(data, str) else bytes(data)
     if hasattr(source, "__aiter__"):
         async for chunk in source:
             if isinstance(chunk, str):
@@ -85,13 +93,6 @@ async def _stdin_chunks(source: AsyncStdin) -> AsyncIterator[bytes]:
             for i in range(0, len(raw), _core.STDIN_CHUNK):
                 yield raw[i : i + _core.STDIN_CHUNK]
         return
-    read = getattr(source, "read", None)
-    if read is not None and inspect.iscoroutinefunction(read):
-        while True:
-            data = await read(_core.STDIN_CHUNK)
-            if not data:
-                return
-            yield data.encode() if isinstance(data, str) else bytes(data)
     chunks = _core.sync_chunks(source)
     if read is not None:  # a blocking file object: read it in a worker thread
         while True:
@@ -274,8 +275,7 @@ class AsyncJob:
                     await self._send(chunk)
             self._uploaded.set()
             if self._stdin_source is not None:
-                async for data in _stdin_chunks(self._stdin_source):
-                    await self._send(pb.ExecuteRequest(stdin=data))
+                await self._feed_stdin(self._stdin_source)
                 await self._send(CLOSE_STDIN)
         except _CallOver:
             pass
@@ -287,6 +287,48 @@ class AsyncJob:
                 self._call.cancel()
         finally:
             self._uploaded.set()
+
+    async def _feed_stdin(self, source: AsyncStdin) -> None:
+        """Streams a stdin source: a task of its own reads it into a bounded buffer (`STDIN_BUFFER`) while
+        this loop sends what has gathered, up to `STDIN_CHUNK` bytes a message. A source of many small pieces
+        (one line at a time) so becomes a few large messages instead of a flood of tiny HTTP/2 frames, which
+        servers refuse (`ENHANCE_YOUR_CALM`, the whole connection closed); a slow source is sent as it comes.
+        The source's own failure is raised here."""
+        buffer = bytearray()
+        finished = False
+        ready = asyncio.Event()
+        room = asyncio.Event()
+
+        async def read() -> None:
+            nonlocal finished
+            try:
+                async for data in _stdin_chunks(source):
+                    while len(buffer) >= _core.STDIN_BUFFER:
+                        room.clear()
+                        await room.wait()
+                    buffer.extend(data)
+                    ready.set()
+            finally:
+                finished = True
+                ready.set()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                while not buffer and not finished:
+                    ready.clear()
+                    await ready.wait()
+                if not buffer:
+                    break
+                chunk = bytes(buffer[: _core.STDIN_CHUNK])
+                del buffer[: _core.STDIN_CHUNK]
+                room.set()
+                await self._send(pb.ExecuteRequest(stdin=chunk))
+            await reader  # the source's failure, if any
+        finally:
+            if not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
 
     # -- reading events
 

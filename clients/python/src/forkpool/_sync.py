@@ -46,25 +46,42 @@ class _Closed(Exception):
 
 class _Requests:
     """The requests waiting to be sent, in order. gRPC's sending thread takes them one at a time, each once
-    the previous one is on its way (flow control). Stdin bytes are bounded (`STDIN_BUFFER`): `put` of stdin
-    blocks beyond it, so a fast producer is held back by a job that does not read; control messages (close
-    stdin, a signal, a resize) never wait."""
+    the previous one is on its way (flow control).
+
+    Stdin bytes are bounded (`STDIN_BUFFER`): `put_stdin` blocks beyond it, so a fast producer is held back
+    by a job that does not read; control messages (close stdin, a signal, a resize) never wait. Stdin that
+    waits is coalesced into messages of up to `STDIN_CHUNK` bytes: a source of many small pieces (one line
+    at a time) becomes a few large messages instead of a flood of tiny HTTP/2 frames, which servers refuse
+    (`ENHANCE_YOUR_CALM`, the whole connection closed)."""
 
     def __init__(self, limit: int = _core.STDIN_BUFFER) -> None:
         self._cond = threading.Condition()
-        self._items: Deque[Tuple[pb.ExecuteRequest, int]] = deque()
+        self._items: Deque[Union[pb.ExecuteRequest, bytearray]] = deque()
         self._pending = 0
         self._limit = limit
         self._closed = False
 
-    def put(self, request: pb.ExecuteRequest, size: int = 0) -> None:
+    def put(self, request: pb.ExecuteRequest) -> None:
+        """Queues a control message (or `start`-time stdin that is known to be small)."""
         with self._cond:
-            while size and self._pending >= self._limit and not self._closed:
+            if self._closed:
+                raise _Closed()
+            self._items.append(request)
+            self._cond.notify_all()
+
+    def put_stdin(self, data: bytes) -> None:
+        """Queues stdin bytes (at most `STDIN_CHUNK`), merged into the stdin waiting before them if it fits."""
+        with self._cond:
+            while self._pending >= self._limit and not self._closed:
                 self._cond.wait()
             if self._closed:
                 raise _Closed()
-            self._items.append((request, size))
-            self._pending += size
+            last = self._items[-1] if self._items else None
+            if isinstance(last, bytearray) and len(last) + len(data) <= _core.STDIN_CHUNK:
+                last += data
+            else:
+                self._items.append(bytearray(data))
+            self._pending += len(data)
             self._cond.notify_all()
 
     def get(self) -> Optional[pb.ExecuteRequest]:
@@ -74,10 +91,12 @@ class _Requests:
                 self._cond.wait()
             if self._closed:
                 return None
-            request, size = self._items.popleft()
-            self._pending -= size
+            item = self._items.popleft()
             self._cond.notify_all()
-            return request
+            if isinstance(item, bytearray):
+                self._pending -= len(item)
+                return pb.ExecuteRequest(stdin=bytes(item))
+            return item
 
     def close(self) -> None:
         with self._cond:
@@ -127,7 +146,7 @@ class Job:
         if isinstance(stdin, (str, bytes)) and len(stdin) <= _core.STDIN_BUFFER:
             # Small enough to queue at once without blocking: no thread needed.
             for message in _core.stdin_messages(stdin):
-                self._requests.put(message)
+                self._requests.put_stdin(message.stdin)
             self._requests.put(CLOSE_STDIN)
             stdin = None
         self._call = execute(
@@ -192,7 +211,7 @@ class Job:
     def _feed(self, chunks: Iterator[bytes]) -> None:
         try:
             for chunk in chunks:
-                self._requests.put(pb.ExecuteRequest(stdin=chunk), len(chunk))
+                self._requests.put_stdin(chunk)
             self._requests.put(CLOSE_STDIN)
         except _Closed:
             pass
@@ -259,9 +278,9 @@ class Job:
 
     # -- sending
 
-    def _put(self, request: pb.ExecuteRequest, size: int = 0) -> bool:
+    def _put(self, request: pb.ExecuteRequest) -> bool:
         try:
-            self._requests.put(request, size)
+            self._requests.put(request)
             return True
         except _Closed:
             return False
@@ -273,8 +292,10 @@ class Job:
         if not self._stdin_open:
             raise ValueError("the job's stdin is closed (or fed by the stdin source given to start())")
         for message in _core.stdin_messages(data):
-            if not self._put(message, len(message.stdin)):
-                raise BrokenPipeError("the job's call is over")
+            try:
+                self._requests.put_stdin(message.stdin)
+            except _Closed:
+                raise BrokenPipeError("the job's call is over") from None
 
     def close_stdin(self) -> None:
         """Closes the job's stdin: EOF (for a terminal job, Ctrl-D typed once). The call stays open, so
