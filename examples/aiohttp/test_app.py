@@ -24,10 +24,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import aiohttp
-import pytest
+# Before grpc is imported: see clients/python/tests/conftest.py (Python 3.9 forks for subprocesses).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-import forkpool
+import aiohttp  # noqa: E402
+import pytest  # noqa: E402
+
+import forkpool  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

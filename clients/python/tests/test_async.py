@@ -198,10 +198,10 @@ def test_typed_errors(address: str, make_server) -> None:  # type: ignore[no-unt
     run(f"127.0.0.1:{free_port()}", nobody)
 
 
-def test_cancelling_the_awaiting_task_kills_the_tree(address: str) -> None:
+def test_cancelling_the_awaiting_task_kills_the_tree(make_server) -> None:  # type: ignore[no-untyped-def]
     async def scenario(client: forkpool.AsyncClient) -> None:
         marker = new_marker()
-        before = (await client.status()).cancelled_total
+        before = (await client.status()).cancelled_total  # a server of its own: 0
         task = asyncio.ensure_future(client.run(command=TREE, env={"FORKPOOL_TEST_MARKER": marker}))
         tree = await tree_of(marker)
         task.cancel()
@@ -213,7 +213,7 @@ def test_cancelling_the_awaiting_task_kills_the_tree(address: str) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
 
-    run(address, scenario)
+    run(make_server("--allow-raw-commands").address, scenario)
 
 
 @needs_311

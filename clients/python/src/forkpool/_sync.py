@@ -40,6 +40,11 @@ __all__ = ["Client", "Job", "SyncStdin"]
 SyncStdin = Union[bytes, str, IO[bytes], Iterable[bytes]]
 
 
+#: The longest a wait in the caller's thread lasts before Python code runs again (so a KeyboardInterrupt is
+#: raised promptly), as in grpc's own waits.
+_SLICE = 0.1
+
+
 class _Closed(Exception):
     """The call is over: nothing more can be sent."""
 
@@ -73,7 +78,7 @@ class _Requests:
         """Queues stdin bytes (at most `STDIN_CHUNK`), merged into the stdin waiting before them if it fits."""
         with self._cond:
             while self._pending >= self._limit and not self._closed:
-                self._cond.wait()
+                self._cond.wait(_SLICE)  # in slices: see Job._next_event
             if self._closed:
                 raise _Closed()
             last = self._items[-1] if self._items else None
@@ -152,14 +157,20 @@ class Job:
         self._call = execute(
             self._request_stream(plan), timeout=deadline, metadata=metadata, wait_for_ready=wait_for_ready
         )
-        self._call_ready.set()
-        self._reader = threading.Thread(target=self._read, name="forkpool-events", daemon=True)
-        self._reader.start()
-        if stdin is not None:
-            self._feeder = threading.Thread(
-                target=self._feed, args=(_core.sync_chunks(stdin),), name="forkpool-stdin", daemon=True
-            )
-            self._feeder.start()
+        try:
+            self._call_ready.set()
+            self._reader = threading.Thread(target=self._read, name="forkpool-events", daemon=True)
+            self._reader.start()
+            if stdin is not None:
+                self._feeder = threading.Thread(
+                    target=self._feed, args=(_core.sync_chunks(stdin),), name="forkpool-stdin", daemon=True
+                )
+                self._feeder.start()
+        except BaseException:
+            # KeyboardInterrupt (or anything) before the caller holds the handle: nobody could cancel the
+            # call later, so cancel it now.
+            self._cancel_call()
+            raise
 
     # -- the threads
 
@@ -224,10 +235,19 @@ class Job:
     def _next_event(self, timeout: Optional[float]) -> Optional[Event]:
         """The next event, `None` after the last one; raises the call's error, or `TimeoutError`."""
         if self._end is None:
-            try:
-                item = self._events.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no event from job {self._state.job_id or '(not started)'} in {timeout:g} s") from None
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                # In slices, as grpc's own waits: a SIGINT that the kernel hands to another thread only
+                # becomes KeyboardInterrupt when this thread runs Python code again.
+                remaining = _remaining(deadline)
+                try:
+                    item = self._events.get(timeout=_SLICE if remaining is None else min(remaining, _SLICE))
+                    break
+                except queue.Empty:
+                    if remaining is not None and remaining <= _SLICE:
+                        raise TimeoutError(
+                            f"no event from job {self._state.job_id or '(not started)'} in {timeout:g} s"
+                        ) from None
             if not isinstance(item, End):
                 return self._state.apply(item)
             self._end = item
