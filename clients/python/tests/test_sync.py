@@ -43,6 +43,15 @@ def test_runs_a_catalog_job(client: forkpool.Client) -> None:
     assert result.job_id and result.pid > 0
     assert result.wall_time >= 0 and result.user_time >= 0 and result.system_time >= 0
     assert result.reaped == () and dict(result.outputs) == {}
+    if client.status().containment == forkpool.ContainmentMode.CGROUP:
+        assert result.max_rss_bytes > 0  # the job cgroup's peak
+
+
+def test_orphans_the_server_reaped_are_reported(client: forkpool.Client) -> None:
+    result = client.run(command=["sh", "-c", "sleep 30 & echo left a sleeper"])
+    assert result.exit_code == 0 and result.stdout == b"left a sleeper\n"
+    assert [(p.name, p.exit_code is None, p.signal is not None) for p in result.reaped] == [("sleep", True, True)]
+    assert result.reaped[0].pid > 0
 
 
 def test_exit_codes_signals_and_check(client: forkpool.Client) -> None:
@@ -378,3 +387,13 @@ def test_many_small_stdin_pieces_are_coalesced(client: forkpool.Client) -> None:
     result = client.run(command=["wc", "-l"], stdin=(b"x\n" for _ in range(500_000)), deadline=15)
     assert result.stdout.strip() == b"500000"
     assert client.run("echo", args=["the connection is fine"]).ok
+
+
+def test_many_inputs_stay_within_the_message_limit(client: forkpool.Client) -> None:
+    # 80 files of 60 KiB: each small enough to travel inline, but together 4.9 MB, over the server's 4 MiB
+    # message limit for one `start` message; the client inlines 1 MiB of them and sends the rest as chunks.
+    # And one 3 MiB bytes input, sent in chunks.
+    inputs = {f"f{i:02d}": bytes([i]) * 60 * 1024 for i in range(80)}
+    inputs["big"] = b"z" * (3 << 20)
+    result = client.run(command=["sh", "-c", "cat f* | wc -c; wc -c < big"], inputs=inputs, deadline=60)
+    assert result.stdout.split() == [str(80 * 60 * 1024).encode(), str(3 << 20).encode()]

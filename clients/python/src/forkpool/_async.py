@@ -274,8 +274,13 @@ class AsyncJob:
                 async for chunk in _upload_chunks(upload):
                     await self._send(chunk)
             self._uploaded.set()
-            if self._stdin_source is not None:
-                await self._feed_stdin(self._stdin_source)
+            source = self._stdin_source
+            if isinstance(source, (bytes, str)) and len(source) <= _core.STDIN_BUFFER:
+                for message in _core.stdin_messages(source):  # at hand: no reader task needed
+                    await self._send(message)
+                await self._send(CLOSE_STDIN)
+            elif source is not None:
+                await self._feed_stdin(source)
                 await self._send(CLOSE_STDIN)
         except _CallOver:
             pass

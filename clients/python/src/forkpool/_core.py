@@ -58,8 +58,10 @@ from ._types import (
 STDIN_CHUNK = 64 * 1024
 #: Bytes per `input` chunk of an uploaded file (well under the server's default 4 MiB message limit).
 UPLOAD_CHUNK = 512 * 1024
-#: Input files up to this size travel inline, inside the `start` message.
+#: Input files up to this size travel inline, inside the `start` message, as long as all inline content
+#: stays within `INLINE_TOTAL` (the `start` message must stay well under the server's message limit).
 INLINE_MAX = 64 * 1024
+INLINE_TOTAL = 1024 * 1024
 #: Stdin bytes a handle lets wait to be sent before `write()` (or the stdin feeder) blocks.
 STDIN_BUFFER = 1024 * 1024
 #: Events a handle holds that nobody has read yet, before it stops reading from the server (back-pressure).
@@ -220,10 +222,12 @@ def plan(
         t = Terminal() if terminal is True else terminal
         start.terminal.CopyFrom(pb.Terminal(rows=t.rows, cols=t.cols, no_echo=t.no_echo, term=t.term))
     uploads: List[Upload] = []
+    inline = 0
     for remote, source in (inputs or {}).items():
         if isinstance(source, (bytes, bytearray, memoryview)):
             content = bytes(source)
-            if len(content) <= INLINE_MAX:
+            if len(content) <= INLINE_MAX and inline + len(content) <= INLINE_TOTAL:
+                inline += len(content)
                 start.inputs.append(pb.InputFile(path=remote, size=len(content), content=content))
             else:
                 start.inputs.append(pb.InputFile(path=remote, size=len(content)))
