@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,6 +213,7 @@ def stack() -> Iterator[Stack]:
         if app is not None:
             app.stop()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_a_request_completes_with_the_jobs_output(stack: Stack) -> None:

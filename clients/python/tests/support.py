@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,8 +43,9 @@ class Server:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         if not line.startswith("forkpool listening on "):
+            log = self.log.read_text(errors="replace")[-3000:]
             self.stop()
-            raise RuntimeError(f"the server did not start: {line!r}\n{self.log.read_text()[-3000:]}")
+            raise RuntimeError(f"the server did not start: {line!r}\n{log}")
         self.port = int(line.rsplit(":", 1)[1])
         self.address = f"127.0.0.1:{self.port}"
         self.pid = self.proc.pid
@@ -68,6 +71,7 @@ class Server:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Proc:
@@ -163,4 +167,5 @@ def shared_dir() -> Path:
     cannot reach pytest's private tmp_path."""
     path = Path(tempfile.mkdtemp(prefix="forkpool-shared-"))
     path.chmod(0o777)
+    atexit.register(shutil.rmtree, path, True)
     return path
