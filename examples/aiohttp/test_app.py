@@ -120,17 +120,31 @@ def children(pid: int) -> List[Tuple[int, str, str]]:
 
 
 def marked(marker: str) -> List[int]:
-    """Pids of the processes whose environment has `FORKPOOL_TEST_MARKER=marker`."""
+    """Pids of the job processes whose environment has `FORKPOOL_TEST_MARKER=marker` (a job's pid-namespace
+    init, `forkpool-init`, may carry the job's environment too: it is forkpool's, not the job's)."""
     needle = f"FORKPOOL_TEST_MARKER={marker}".encode()
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry))
+                    if Path(f"/proc/{entry}/comm").read_text().strip() != "forkpool-init":
+                        pids.append(int(entry))
             except OSError:
                 continue
     return pids
+
+
+def worker_of(pid: int, server: int) -> Optional[int]:
+    """The server's child that `pid` descends from (its worker: the job's init in a pid namespace)."""
+    while pid > 1:
+        stat = proc_stat(pid)
+        if stat is None:
+            return None
+        if stat[1] == server:
+            return pid
+        pid = stat[1]
+    return None
 
 
 def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
@@ -175,7 +189,8 @@ class Stack:
 
     def workers(self) -> List[Tuple[int, str, str]]:
         """forkpool's children other than its guardian: job workers (or their zombies)."""
-        return [c for c in children(self.forkpool.pid) if c[2] != "forkpool-guard"]
+        # Its guardian and its idle warm sandboxes are not jobs.
+        return [c for c in children(self.forkpool.pid) if c[2] not in ("forkpool-guard", "forkpool-warm")]
 
 
 def http_request(body: Dict[str, Any]) -> bytes:
@@ -261,8 +276,8 @@ def test_sigterm_to_a_worker_leaves_the_app_and_forkpool_serving(stack: Stack) -
         task = asyncio.ensure_future(request())
         loop = asyncio.get_running_loop()
         assert await loop.run_in_executor(None, wait_until, lambda: len(marked(marker)) == 3, 10)
-        # The worker is the tree's process whose parent is forkpool itself.
-        worker = [p for p in marked(marker) if (proc_stat(p) or ("", 0))[1] == stack.forkpool.pid]
+        # The worker is the server's child the tree descends from (in a pid namespace, the job's init).
+        worker = sorted({w for p in marked(marker) if (w := worker_of(p, stack.forkpool.pid)) is not None})
         assert len(worker) == 1, worker
         os.kill(worker[0], signal.SIGTERM)
         await asyncio.wait_for(task, 10)

@@ -19,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 GUARDIAN = "forkpool-guard"
+#: A warm sandbox: forkpool's init, ready before any job (it is `forkpool-init` once it runs one).
+WARM = "forkpool-warm"
 
 
 def forkpool_bin() -> str:
@@ -51,8 +53,8 @@ class Server:
         self.pid = self.proc.pid
 
     def children(self) -> List["Proc"]:
-        """The server's children, its guardian aside (workers, or zombies of them)."""
-        return [p for p in processes() if p.ppid == self.pid and p.comm != GUARDIAN]
+        """The server's children, its guardian and idle warm sandboxes aside (workers, or zombies of them)."""
+        return [p for p in processes() if p.ppid == self.pid and p.comm not in (GUARDIAN, WARM)]
 
     def zombies(self) -> List["Proc"]:
         return [p for p in self.children() if p.state == "Z"]
@@ -164,8 +166,8 @@ def free_port() -> int:
 
 def shared_dir() -> Path:
     """A fresh directory every user can write to: jobs run as users of their own (dynamic users), which
-    cannot reach pytest's private tmp_path."""
-    path = Path(tempfile.mkdtemp(prefix="forkpool-shared-"))
+    cannot reach pytest's private tmp_path; not under /tmp, of which each job has a private one."""
+    path = Path(tempfile.mkdtemp(prefix="forkpool-shared-", dir="/var/tmp"))
     path.chmod(0o777)
     atexit.register(shutil.rmtree, path, True)
     return path

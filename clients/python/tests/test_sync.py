@@ -171,7 +171,12 @@ def test_terminal_resize_and_control_keys(client: forkpool.Client) -> None:
     with client.start(command=["sh", "-c", "echo ready; exec sleep 30"], terminal=True) as job:
         job.expect("ready")
         assert job.pid is not None
+        # The worker, or (in a pid namespace) the program its init started.
         pid = job.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "forkpool-init":
+            assert wait_until(lambda: children.read_text().split() != [], 10)
+            pid = int(children.read_text().split()[0])
         assert wait_until(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", 10)
         job.sendcontrol("c")  # SIGINT to the terminal's foreground group
         result = job.wait(timeout=10)

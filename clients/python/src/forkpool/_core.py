@@ -39,6 +39,7 @@ from ._types import (
     Event,
     ExitReason,
     Exited,
+    Heartbeat,
     JobInfo,
     OutputChunk,
     OutputFile,
@@ -371,7 +372,11 @@ class JobState:
         if kind == "exited":
             self.result = self._result(response.exited)
             return Exited(self.result)
-        raise ProtocolError(f"unexpected response from the server: {response!r}")
+        if kind == "heartbeat":
+            elapsed = response.heartbeat.elapsed
+            return Heartbeat(elapsed.seconds + elapsed.nanos / 1e9)
+        # An event of a newer contract: the call goes on.
+        return Heartbeat(0.0)
 
     def collect(self, event: Event) -> None:
         """Keeps an event's output for the result (the events `wait()` reads, rather than hands out)."""

@@ -236,8 +236,17 @@ class Exited:
     result: Result
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """Nothing happened for the call's heartbeat interval (`heartbeat_interval`): the call is alive. Also what
+    an event this client does not know yet (from a newer server) is reported as."""
+
+    #: Seconds since the server accepted the call (0 for an unknown event).
+    elapsed: float
+
+
 #: Any event of a job's stream.
-Event = Union[Queued, Started, Stdout, Stderr, OutputChunk, Exited]
+Event = Union[Queued, Started, Stdout, Stderr, OutputChunk, Exited, Heartbeat]
 
 
 @dataclass(frozen=True)
