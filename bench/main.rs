@@ -15,6 +15,7 @@ use clap::Parser;
 
 mod files;
 mod isolation;
+mod target;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +41,37 @@ struct Cli {
     /// Extra argument for every server started (repeatable), e.g. `--server-arg=--cgroups=off`.
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Drive this running server instead of starting servers (`http://HOST:PORT`, `https://` for TLS): the rows
+    /// that need no local floor, or, with `--jobs`, a plain load run.
+    #[arg(long)]
+    target: Option<String>,
+    /// PEM CA bundle to verify the target with.
+    #[arg(long, requires = "target")]
+    tls_ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM client key (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Name to verify the target's certificate against.
+    #[arg(long, requires = "target")]
+    tls_domain: Option<String>,
+    /// File whose first line is the bearer token [default: $FORKPOOL_TOKEN].
+    #[arg(long, requires = "target")]
+    token_file: Option<std::path::PathBuf>,
+    /// Load mode: run this many jobs against the target and print jobs/s and latency percentiles.
+    #[arg(long, requires = "target")]
+    jobs: Option<usize>,
+    /// Load mode: calls in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Run this catalog job (its args after `--`) instead of a raw command.
+    #[arg(long)]
+    job: Option<String>,
+    /// The raw command to run [default: /bin/true]; or the catalog job's args.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -75,6 +107,35 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(server) = cli.target.clone() {
+        let token = match &cli.token_file {
+            Some(path) => forkpool::cli::read_token(path).map(Some),
+            None => Ok(std::env::var("FORKPOOL_TOKEN").ok().filter(|t| !t.is_empty())),
+        };
+        let result = token.and_then(|token| {
+            let connection = Connection {
+                server,
+                ca_cert: cli.tls_ca_cert.clone(),
+                identity: cli.tls_cert.clone().zip(cli.tls_key.clone()),
+                domain: cli.tls_domain.clone(),
+                token,
+            };
+            let work = target::Work { job: cli.job.clone(), command: cli.command.clone() };
+            runtime.block_on(async {
+                match cli.jobs {
+                    Some(jobs) => target::load_mode(&connection, &work, jobs, cli.concurrency).await,
+                    None => target::target_mode(&connection, &work, cli.quick).await,
+                }
+            })
+        });
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("forkpool-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(cli.quick, cli.server_args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

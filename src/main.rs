@@ -36,14 +36,13 @@ enum Command {
     Jobs(ConnectArgs),
     /// Show the server's pool and counters.
     Status(ConnectArgs),
-    /// Measure start latency, throughput, cancel time, stdout rate and memory per call against the floor.
+    /// Measure start latency, throughput, cancel time, stdout rate and memory per call against the floor; or,
+    /// with `--target URL`, a running server (`--jobs N --concurrency C [--job NAME] -- CMD...`: a load run).
+    /// Every argument goes to `forkpool-bench` (see `forkpool bench --help`).
     Bench {
-        /// A few seconds with small counts (a smoke test; figures only indicative).
-        #[arg(long)]
-        quick: bool,
-        /// Extra argument for the servers the benchmark starts (repeatable), e.g. `--server-arg=--cgroups=off`.
-        #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
-        server_args: Vec<String>,
+        /// `[--quick] [--server-arg ARG]... [--target URL [CONNECTION] [--jobs N] [--concurrency C] [--job NAME] -- CMD...]`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -230,7 +229,7 @@ fn main() -> ExitCode {
             }
             Command::Jobs(args) => cli::jobs(&args.connection()?).await.map(|()| 0),
             Command::Status(args) => cli::status(&args.connection()?).await.map(|()| 0),
-            Command::Bench { quick, server_args } => bench(quick, server_args),
+            Command::Bench { args } => bench(args),
         }
     });
     let code = match code {
@@ -245,18 +244,11 @@ fn main() -> ExitCode {
 }
 
 /// `forkpool bench`: runs the benchmark binary installed beside this one, `forkpool-bench`.
-fn bench(quick: bool, server_args: Vec<String>) -> anyhow::Result<i32> {
+fn bench(args: Vec<String>) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find this binary")?;
     let bench = exe.with_file_name("forkpool-bench");
-    let mut command = std::process::Command::new(&bench);
-    if quick {
-        command.arg("--quick");
-    }
-    for arg in server_args {
-        command.arg(format!("--server-arg={arg}"));
-    }
-    let error = command.exec();
+    let error = std::process::Command::new(&bench).args(args).exec();
     Err(anyhow::anyhow!("cannot run {}: {error}", bench.display()))
 }
 

@@ -38,3 +38,40 @@ fn the_quick_benchmark_prints_the_whole_table() {
     }
     println!("{table}");
 }
+
+#[test]
+fn the_benchmark_drives_a_running_server_and_runs_a_load() {
+    let server = crate::common::TestServer::start(&["--allow-raw-commands"]);
+    let out = Command::new(crate::common::BIN)
+        .args(["bench", "--target", &server.url, "--jobs", "40", "--concurrency", "4", "--", "sh", "-c", "exit 0"])
+        .output()
+        .expect("run forkpool bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in ["jobs         40 (40 ok, 0 failed), 4 in flight", "rate ", "latency      p50 "] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    // An error status is counted, not fatal, and named.
+    let out = Command::new(crate::common::BIN)
+        .args(["bench", "--target", &server.url, "--jobs", "3", "--job", "no-such-job"])
+        .output()
+        .expect("run forkpool bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("3 × NotFound"), "{text}");
+    let out = Command::new(crate::common::BIN)
+        .args(["bench", "--target", &server.url, "--quick"])
+        .output()
+        .expect("run forkpool bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for row in [
+        "start-to-exited latency",
+        "unary gRPC round trip",
+        "throughput, 8 in flight",
+        "throughput, 64 in flight",
+        "stdout",
+    ] {
+        assert!(text.lines().any(|l| l.contains(row) && l.chars().any(|c| c.is_ascii_digit())), "{row}: {text}");
+    }
+    server.assert_no_children();
+}
