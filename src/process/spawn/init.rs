@@ -361,7 +361,7 @@ impl Report {
 /// working directory, limits, privileges, user, seccomp), and starts the program. A failure is reported on
 /// the spawn's report pipe with the step's index, as the child does.
 ///
-/// The request: one `sendmsg` of a fixed header ([`Header`]) carrying the fds (the job's directory, then its
+/// The request: one `sendmsg` of a fixed header ([`warm::Header`]) carrying the fds (the job's directory, then its
 /// stdin, stdout and stderr, or its terminal's slave once), then `body_len` bytes: NUL-terminated strings
 /// (directory path, program path, argc, argv..., envc, env..., rlimit count, `RESOURCE VALUE`...), then
 /// `filter_len` bytes of seccomp filter (`struct sock_filter` array).
