@@ -11,7 +11,35 @@ use forkpool::cli::{Client, Connection};
 use forkpool::pb;
 use tokio::sync::Semaphore;
 
-use super::{ms, percentile, run_job};
+use super::{ms, open, percentile, run_job};
+
+/// Runs one job to its end: `Ok` only for an exit with code 0; else what happened (`exit 3`, `signal 9`, the
+/// status code).
+async fn run_ok(client: &mut Client, start: pb::StartJob) -> Result<(), String> {
+    let mut call = open(client, start).await.map_err(|e| status_name(&e))?;
+    loop {
+        match call.responses.message().await {
+            Ok(Some(pb::ExecuteResponse { event: Some(pb::execute_response::Event::Exited(exited)) })) => {
+                return match exited.status {
+                    Some(pb::exited::Status::Code(0)) => Ok(()),
+                    Some(pb::exited::Status::Code(code)) => Err(format!("exit {code}")),
+                    Some(pb::exited::Status::Signal(signal)) => Err(format!("signal {signal}")),
+                    None => Err("no exit status".into()),
+                };
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("ended without exited".into()),
+            Err(status) => return Err(format!("{:?}", status.code())),
+        }
+    }
+}
+
+fn status_name(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) => format!("{:?}", status.code()),
+        None => error.to_string(),
+    }
+}
 
 /// What to run against the target: a catalog job, or a raw command (the server must allow raw commands).
 #[derive(Debug, Clone)]
@@ -55,15 +83,9 @@ async fn load(client: &Client, work: &Work, jobs: usize, concurrency: usize) -> 
         let (mut client, start) = (client.clone(), work.start());
         tasks.spawn(async move {
             let t = Instant::now();
-            let result = run_job(&mut client, start).await;
+            let result = run_ok(&mut client, start).await;
             drop(permit);
-            (
-                t.elapsed(),
-                result.map_err(|e| match e.downcast_ref::<tonic::Status>() {
-                    Some(status) => format!("{:?}", status.code()),
-                    None => e.to_string(),
-                }),
-            )
+            (t.elapsed(), result)
         });
     }
     let mut outcome =
@@ -90,6 +112,7 @@ pub(super) async fn load_mode(
     jobs: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(jobs > 0, "--jobs must be at least 1");
     let client = forkpool::cli::connect(connection).await?;
     let run = load(&client, work, jobs, concurrency).await;
     let rate = run.ok as f64 / run.took.as_secs_f64();

@@ -51,7 +51,6 @@ struct ServeArgs {
     /// Address to listen on [default: the config's `listen`, else 127.0.0.1:50051].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Concurrent jobs [default: number of CPUs].
     /// Send GOAWAY on connections older than this (running calls go on), so clients reconnect and reach new
     /// replicas, e.g. `5m` [default: the config's, else never].
     #[arg(long, value_parser = parse_duration)]
@@ -63,6 +62,7 @@ struct ServeArgs {
     /// [default: the config's, else only for calls that ask].
     #[arg(long, value_parser = parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// Concurrent jobs [default: number of CPUs].
     #[arg(long)]
     workers: Option<usize>,
     /// Calls that may wait for a worker [default: 64].

@@ -81,7 +81,9 @@ pub async fn connect(connection: &Connection) -> anyhow::Result<Client> {
         _ => {
             let mut tries = tokio::task::JoinSet::new();
             for endpoint in endpoints {
-                tries.spawn(async move { endpoint.connect().await.map(|_| endpoint) });
+                // A replica that does not answer (a black hole) is left out after a few seconds.
+                let probe = endpoint.clone().connect_timeout(std::time::Duration::from_secs(5));
+                tries.spawn(async move { probe.connect().await.map(|_| endpoint) });
             }
             let mut up: Vec<Endpoint> = tries.join_all().await.into_iter().filter_map(Result::ok).collect();
             match up.len() {

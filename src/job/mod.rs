@@ -348,24 +348,35 @@ impl Jobs {
                 return self.send(&events, Err(JobError::Containment(e))).await;
             }
         };
-        // A warm sandbox of the job's shape, if one is ready (its cgroup becomes the job's); else the job's
-        // own cgroup, made now.
-        let mut sandbox = self.warm.as_ref().and_then(|w| w.take(|shape| self.containment.fits(&plan, shape)));
-        match &mut sandbox {
-            Some(sandbox) => container.adopt_cgroup(sandbox.cgroup.take()),
-            None => {
-                if let Err(e) = self.containment.add_cgroup(&mut container, &job_id, &plan) {
-                    warn!(error = %e, "cannot prepare the job's containment");
-                    self.containment.release(container).await;
-                    return self.send(&events, Err(JobError::Containment(e))).await;
-                }
-            }
-        }
+        // The command first (a bad one takes nothing); then a warm sandbox of the job's shape, if one is ready
+        // (its cgroup becomes the job's), else the job's own cgroup, made now (and the command again, in it).
         let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
             Err(e) => {
                 self.containment.release(container).await;
                 return self.send(&events, Err(e.into())).await;
+            }
+        };
+        let mut sandbox = self.warm.as_ref().and_then(|w| w.take(|shape| self.containment.fits(&plan, shape)));
+        let command = match &mut sandbox {
+            Some(sandbox) => {
+                container.adopt_cgroup(sandbox.cgroup.take());
+                command
+            }
+            None => {
+                let cold = self
+                    .containment
+                    .add_cgroup(&mut container, &job_id, &plan)
+                    .map_err(JobError::Containment)
+                    .and_then(|()| self.containment.command(&plan, &container).map_err(JobError::from));
+                match cold {
+                    Ok(command) => command,
+                    Err(e) => {
+                        warn!(error = %e, "cannot prepare the job's containment");
+                        self.containment.release(container).await;
+                        return self.send(&events, Err(e)).await;
+                    }
+                }
             }
         };
         let prepared = Instant::now();
@@ -433,15 +444,18 @@ impl Jobs {
                 (reaps, exit_rx, spawned, early)
             }
         };
-        let spawned = match (spawned, early.clone()) {
-            (Ok(spawned), _) => spawned,
-            // The call had ended anyway: report that, not the spawn's own failure.
+        let (spawned, exit_rx) = match (spawned, early.clone()) {
+            (Ok(spawned), _) => (spawned, exit_rx),
+            // The call had ended anyway: report that, not the spawn's own failure. (A worker that exists, a
+            // sandbox's init, is gone before its cgroup is removed.)
             (Err(_), Some(ending)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), exit_rx).await;
                 self.containment.release(container).await;
                 return self.report_unstarted(&events, ending).await;
             }
             (Err(e), None) => {
                 warn!(error = %e, "spawn failed");
+                let _ = tokio::time::timeout(Duration::from_secs(5), exit_rx).await;
                 self.containment.release(container).await;
                 return self.send(&events, Err(e.into())).await;
             }
@@ -467,9 +481,7 @@ impl Jobs {
                 let orphans = self.registry.orphans_counter();
                 tokio::spawn(async move {
                     let report = InitReport::watch(fd).await;
-                    for _ in 0..report.orphans.len() as u64 + report.dropped {
-                        orphans.inc();
-                    }
+                    orphans.inc_by(report.orphans.len() as u64 + report.dropped.min(1 << 20));
                     reaps.record(report.orphans);
                     match report.program {
                         Some(exit) => {

@@ -43,6 +43,8 @@ pub(crate) struct WarmPool {
     closed: CancellationToken,
     /// Fired by the keeper once the last sandbox is discarded.
     done: CancellationToken,
+    /// Sandboxes whose init died before use, for the keeper to discard.
+    dead: Mutex<Vec<Sandbox>>,
 }
 
 impl WarmPool {
@@ -55,6 +57,7 @@ impl WarmPool {
             taken: Notify::new(),
             closed: CancellationToken::new(),
             done: CancellationToken::new(),
+            dead: Mutex::new(Vec::new()),
         }
     }
 
@@ -69,16 +72,28 @@ impl WarmPool {
         self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A ready sandbox for a job that fits its shape (`fits`), if there is one.
+    /// A ready sandbox for a job that fits its shape (`fits`), if there is one. One whose init died meanwhile
+    /// (killed from outside) is left for the keeper to discard.
     pub(crate) fn take(&self, fits: impl FnOnce(&WarmShape) -> bool) -> Option<Sandbox> {
         if self.closed.is_cancelled() || !fits(&self.shape) {
             return None;
         }
-        let sandbox = self.ready().pop();
-        if sandbox.is_some() {
-            self.taken.notify_one();
+        let mut ready = self.ready();
+        let mut found = None;
+        while let Some(mut sandbox) = ready.pop() {
+            if matches!(sandbox.exit.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                found = Some(sandbox);
+                break;
+            }
+            self.dead().push(sandbox);
         }
-        sandbox
+        drop(ready);
+        self.taken.notify_one();
+        found
+    }
+
+    fn dead(&self) -> std::sync::MutexGuard<'_, Vec<Sandbox>> {
+        self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keeps `target` sandboxes ready until the pool is closed, then discards them.
@@ -86,6 +101,11 @@ impl WarmPool {
         let mut made = 0u64;
         let mut failures = 0u32;
         while !self.closed.is_cancelled() {
+            let dead = std::mem::take(&mut *self.dead());
+            for Sandbox { cgroup, .. } in dead {
+                warn!("a warm sandbox's init died before it was used");
+                containment.discard(cgroup).await;
+            }
             if self.ready().len() >= self.target {
                 tokio::select! {
                     () = self.taken.notified() => {}
@@ -111,7 +131,8 @@ impl WarmPool {
                 }
             }
         }
-        let left = std::mem::take(&mut *self.ready());
+        let mut left = std::mem::take(&mut *self.ready());
+        left.append(&mut self.dead());
         for sandbox in left {
             let Sandbox { staged, cgroup, exit, .. } = sandbox;
             // Its request socket closes: the init exits.

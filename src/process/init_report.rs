@@ -64,7 +64,9 @@ impl InitReport {
         };
         let mut report = InitReport::default();
         let mut usage = (Duration::ZERO, Duration::ZERO, 0u64);
-        for line in text.lines() {
+        // Only whole lines: an init killed while writing leaves a cut one ("job 25" of "job 256").
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in whole.lines() {
             let mut fields = line.splitn(4, ' ');
             match (fields.next(), fields.next(), fields.next(), fields.next()) {
                 (Some("job"), Some(raw), None, None) => {
@@ -114,5 +116,6 @@ mod tests {
             ]
         );
         assert_eq!(InitReport::parse("orphan 3 0 x\n").program, None);
+        assert_eq!(InitReport::parse("usage 1 1 1\njob 25").program, None, "a cut last line");
     }
 }

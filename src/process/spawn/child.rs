@@ -302,9 +302,24 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             }
             libc::close(fd);
         }
-        // 5. Resource limits, soft = hard, so the job cannot raise them.
+        // 5. Resource limits, soft = hard, so the job cannot raise them; but for RLIMIT_NOFILE, whose hard limit
+        //    is only raised here (while the child may), and which is set last: a low one would refuse the fds
+        //    the set-up still makes (the fd shuffle below, a socket).
         for i in 0..plan.rlimit_count {
             let (resource, value) = *plan.rlimits.add(i);
+            if resource == libc::RLIMIT_NOFILE as libc::c_int {
+                // Raised now if the job's is higher (the set-up gets the room too); lowered at the end.
+                let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) == 0 && (value > now.rlim_cur || value > now.rlim_max)
+                {
+                    now.rlim_cur = now.rlim_cur.max(value);
+                    now.rlim_max = now.rlim_max.max(value);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &now) < 0 {
+                        fail(plan.report, 6);
+                    }
+                }
+                continue;
+            }
             let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
             if libc::setrlimit(resource as libc::__rlimit_resource_t, &limit) < 0 {
                 fail(plan.report, 6);
@@ -400,22 +415,30 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         let marked =
             libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
         if marked < 0
-            && !close_fds_slowly([plan.report, plan.init_report, plan.init_exe, plan.warm_request], plan.fd_limit)
+            && !close_fds_slowly(
+                [plan.report, plan.init_report, plan.init_exe, plan.warm_request, warm_root],
+                plan.fd_limit,
+            )
         {
             fail(plan.report, 13);
         }
         //    The init keeps two of them: its report pipe as fd 3, the spawn's as fd 4 (moved out of the way
         //    first, as either may sit at 3 or 4 now).
         let mut report = plan.report;
+        let mut init_exe = plan.init_exe;
         if plan.init_exe >= 0 {
             let init_report = libc::fcntl(plan.init_report, libc::F_DUPFD_CLOEXEC, 10);
             let spawn_report = libc::fcntl(plan.report, libc::F_DUPFD_CLOEXEC, 10);
-            // Each moved out of the way first, as any may sit at 3 to 6 now.
-            let warm_root = if warm_root >= 0 { libc::fcntl(warm_root, libc::F_DUPFD_CLOEXEC, 10) } else { -1 };
+            // Each moved out of the way first, as any may sit at 3 to 6 now (the init's executable too).
+            init_exe = libc::fcntl(plan.init_exe, libc::F_DUPFD_CLOEXEC, 10);
+            let root = warm_root;
+            let warm_root = if root >= 0 { libc::fcntl(root, libc::F_DUPFD_CLOEXEC, 10) } else { -1 };
             let request =
                 if plan.warm_request >= 0 { libc::fcntl(plan.warm_request, libc::F_DUPFD_CLOEXEC, 10) } else { -1 };
             if init_report < 0
                 || spawn_report < 0
+                || init_exe < 0
+                || (root >= 0 && warm_root < 0)
                 || libc::dup2(init_report, INIT_REPORT_FD) < 0
                 || libc::dup2(spawn_report, INIT_SPAWN_REPORT_FD) < 0
                 || (plan.warm_request >= 0 && (request < 0 || libc::dup2(request, WARM_REQUEST_FD) < 0))
@@ -424,6 +447,14 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                 fail(plan.report, 13);
             }
             report = INIT_SPAWN_REPORT_FD;
+        }
+        //    The job's RLIMIT_NOFILE, now that no fd is made any more.
+        for i in 0..plan.rlimit_count {
+            let (resource, value) = *plan.rlimits.add(i);
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            if resource == libc::RLIMIT_NOFILE as libc::c_int && libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+                fail(report, 6);
+            }
         }
         // 11. The seccomp filter, last: it may deny calls the set-up needs.
         if !plan.seccomp.is_null()
@@ -437,7 +468,7 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
             libc::_exit(0);
         }
         if plan.init_exe >= 0 {
-            libc::syscall(libc::SYS_execveat, plan.init_exe, c"".as_ptr(), plan.argv, plan.envp, libc::AT_EMPTY_PATH);
+            libc::syscall(libc::SYS_execveat, init_exe, c"".as_ptr(), plan.argv, plan.envp, libc::AT_EMPTY_PATH);
             fail(report, 16)
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -591,7 +622,7 @@ unsafe fn reset_signal(sig: libc::c_int) {
 ///
 /// # Safety
 /// Same contract as [`child_main`].
-unsafe fn close_fds_slowly(keep: [RawFd; 4], limit: libc::c_int) -> bool {
+unsafe fn close_fds_slowly(keep: [RawFd; 5], limit: libc::c_int) -> bool {
     // SAFETY: close is async-signal-safe.
     unsafe {
         for fd in 3..limit {

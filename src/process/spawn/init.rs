@@ -50,6 +50,8 @@ pub(crate) const WARM_REQUEST_FD: libc::c_int = 5;
 /// A warm sandbox's init reaches the server's job directories through this fd (opened before its private
 /// /tmp covered them).
 pub(crate) const WARM_ROOT_FD: libc::c_int = 6;
+/// The argument before the job's environment (a count, then the entries) in a cold init's argv.
+pub(crate) const ENV_FLAG: &str = "--env";
 /// The argument that makes the init a warm sandbox's.
 pub(crate) const WARM_FLAG: &str = "--warm";
 
@@ -124,6 +126,8 @@ fn run(args: Vec<OsString>) -> i32 {
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN);
         return report_failure(FORK_STEP, errno);
     }
+    // The init needs no capability of its own from here on.
+    warm::drop_own_capabilities();
     // The job's stdio and directory, handed over by the server, are the program's alone now.
     for fd in program.stdio.into_iter().flatten().chain(program.cwd) {
         // SAFETY: fds received by this process and used by nothing else in it.
@@ -144,23 +148,19 @@ struct Program {
 }
 
 impl Program {
-    /// From the init's own argv (`forkpool-init PROGRAM ARGV...`) and environment.
+    /// From the init's own argv: `forkpool-init --env N ENTRY... PROGRAM ARGV...` (the init's own environment
+    /// is empty: the job's is in its argv).
     fn from_args(args: Vec<OsString>) -> Option<Program> {
         let strings = |items: Vec<Vec<u8>>| items.into_iter().map(CString::new).collect::<Result<Vec<_>, _>>();
-        let argv = strings(args.into_iter().skip(1).map(OsStringExt::into_vec).collect()).ok()?;
-        let envp = strings(
-            std::env::vars_os()
-                .map(|(k, v)| {
-                    let mut entry = k.into_vec();
-                    entry.push(b'=');
-                    entry.extend(v.into_vec());
-                    entry
-                })
-                .collect(),
-        )
-        .ok()?;
-        let (path, argv) = argv.split_first()?;
-        (!argv.is_empty()).then(|| Program { path: path.clone(), argv: argv.to_vec(), envp, stdio: None, cwd: None })
+        let mut args = strings(args.into_iter().skip(1).map(OsStringExt::into_vec).collect()).ok()?.into_iter();
+        if args.next()?.as_bytes() != ENV_FLAG.as_bytes() {
+            return None;
+        }
+        let count: usize = std::str::from_utf8(args.next()?.as_bytes()).ok()?.parse().ok()?;
+        let envp: Vec<CString> = args.by_ref().take(count).collect();
+        let path = args.next()?;
+        let argv: Vec<CString> = args.collect();
+        (envp.len() == count && !argv.is_empty()).then_some(Program { path, argv, envp, stdio: None, cwd: None })
     }
 }
 
@@ -647,8 +647,19 @@ pub(crate) mod warm {
                 if libc::poll(&mut report, 1, 0) < 0 || report.revents & libc::POLLERR != 0 {
                     return Err((USER_STEP, libc::ESRCH));
                 }
+                // A uid change makes the process dumpable again: the job (the same uid) must not ptrace it.
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             }
         }
         Ok(())
+    }
+
+    /// Drops every capability of the init's own, once its program is forked (with `no_new_privs`, the program's
+    /// exec keeps no more than the init had at the fork: a root job keeps what its bounding set allows).
+    pub(super) fn drop_own_capabilities() {
+        let none = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        let mut cap_header = CapHeader { version: 0x2008_0522, pid: 0 };
+        // SAFETY: capset with locals of the kernel's layout.
+        unsafe { libc::syscall(libc::SYS_capset, &mut cap_header as *mut CapHeader, none.as_ptr()) };
     }
 }

@@ -310,7 +310,11 @@ impl Command {
         }
         if ns.pid {
             flags |= libc::CLONE_NEWPID;
-            let mut argv = vec![CString::new(init::ARGV0).map_err(|_| SpawnError::InvalidCommand("init".into()))?];
+            // The init runs with an empty environment (nothing of the job's, such as LD_PRELOAD, may reach its
+            // loader): the job's comes in its argv, `forkpool-init --env N ENTRY... PROGRAM ARGV...`.
+            let arg = |s: &str| CString::new(s).map_err(|_| SpawnError::InvalidCommand("init".into()));
+            let mut argv = vec![arg(init::ARGV0)?, arg(init::ENV_FLAG)?, arg(&self.envp.len().to_string())?];
+            argv.extend(self.envp.iter().cloned());
             argv.push(self.program.clone());
             argv.extend(self.argv.iter().cloned());
             self.init_argv = Some(argv);
@@ -827,7 +831,12 @@ fn spawn_one(
         .collect();
     let fs_ops: Vec<FsOp> = command.fs.iter().map(FsStep::op).collect();
     let seccomp = if command.seccomp { seccomp::filter() } else { None };
-    let envp: Vec<*const c_char> = command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect();
+    // Under an init, nothing of the job's environment (it is in the init's argv).
+    let envp: Vec<*const c_char> = if command.init_argv.is_some() {
+        vec![std::ptr::null()]
+    } else {
+        command.envp.iter().map(|e| e.as_ptr()).chain(nul).collect()
+    };
     let cgroup_procs: Vec<*const c_char> = command.cgroup_procs.iter().map(|p| p.as_ptr()).collect();
     // Read here, before the child lowers RLIMIT_NOFILE for the job: the slow fd-closing fallback must reach
     // every fd the server may have, not only those below the job's limit.
@@ -938,8 +947,9 @@ fn report_error(program: &str, read: Result<usize, Errno>, report: &[u8; 8]) -> 
         Ok(8) => {
             let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
             let errno = Errno::from_raw(i32::from_ne_bytes([report[4], report[5], report[6], report[7]]));
-            // The init could not fork the program: the OS refused a process, as a clone here would.
-            if step == child::FORK_STEP {
+            // The init could not fork the program: the OS refused a process, as a clone here would; or a step
+            // ran out of fds: the OS refused an fd, as a pipe here would.
+            if step == child::FORK_STEP || matches!(errno, Errno::EMFILE | Errno::ENFILE) {
                 return SpawnError::Resources(errno);
             }
             (STEPS.get(step as usize).copied().unwrap_or("setup"), errno)
@@ -1089,11 +1099,19 @@ impl Staged {
         };
         let mut fds = vec![directory.as_raw_fd()];
         fds.extend(child_ends.iter().map(AsRawFd::as_raw_fd).take(if command.terminal.is_some() { 1 } else { 3 }));
+        let io_error =
+            |e: std::io::Error| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EPIPE)));
+        request.set_nonblocking(true).map_err(io_error)?;
+        // A fresh socket's buffer always holds the header (with its fds); the rest is written as the init reads
+        // it, without holding a runtime thread.
         send_with_fds(&request, &header, &fds).map_err(SpawnError::Resources)?;
-        // The init reads as it gets it; a request is bounded by the argv and environment a client may send.
-        std::io::Write::write_all(&mut &request, &body)
-            .and_then(|()| std::io::Write::write_all(&mut &request, filter))
-            .map_err(|e| SpawnError::Resources(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EPIPE))))?;
+        let mut stream = tokio::net::UnixStream::from_std(request).map_err(io_error)?;
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &body).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut stream, filter).await
+        };
+        // An init that gave up (it reports why on the report pipe) closes its end: its report is the error.
+        let written = written.await;
         // The job's ends are the init's now (received with the message).
         drop((child_ends, directory));
         let report =
@@ -1117,10 +1135,11 @@ impl Staged {
                 Err(_would_block) => {}
             }
         };
-        drop(request);
-        match read {
-            Ok(0) => Ok(Spawned { pid, io, stdio_links, registration, init_report }),
-            other => Err(report_error(&command.display, other, &buf)),
+        drop(stream);
+        match (read, written) {
+            (Ok(0), Ok(())) => Ok(Spawned { pid, io, stdio_links, registration, init_report }),
+            (Ok(0), Err(e)) => Err(io_error(e)),
+            (other, _) => Err(report_error(&command.display, other, &buf)),
         }
     }
 }

@@ -5,20 +5,26 @@
 //! `kexec_file_load`), `reboot`, swap, setting the clock, kernel keyrings (`keyctl`, `add_key`,
 //! `request_key`), `bpf`, `perf_event_open`, `userfaultfd`, files by handle (`open_by_handle_at`,
 //! `name_to_handle_at`), `acct`, `quotactl`, `syslog`, mounting (`mount`, `umount2`, `pivot_root` and the new
-//! mount API), namespace changes (`unshare`, `setns`), `ioperm`/`iopl`; and every system call of another ABI
-//! (i386 through `int 0x80`, x32), which would get around a list of numbers.
+//! mount API), namespace changes (`unshare`, `setns`, `clone` with a `CLONE_NEW*` flag; `clone3`, whose flags a
+//! filter cannot see, gets ENOSYS and the C library falls back to `clone`), `ioperm`/`iopl`; and every system
+//! call of another ABI (i386 through `int 0x80`, x32), which would get around a list of numbers.
 
 use std::sync::OnceLock;
 
 const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;
 const JGE_K: u16 = 0x35;
+const JSET_K: u16 = 0x45;
 const RET_K: u16 = 0x06;
 const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 /// `offsetof(struct seccomp_data, nr)` and `arch`.
 const NR: u32 = 0;
 const ARCH: u32 = 4;
+/// `offsetof(struct seccomp_data, args[0])`, its low 32 bits on these little-endian machines.
+const ARG0: u32 = 16;
+/// `CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET`.
+const CLONE_NEW_FLAGS: u32 = 0x7e02_0000;
 
 #[cfg(target_arch = "x86_64")]
 const NATIVE_ARCH: u32 = 0xc000_003e;
@@ -95,22 +101,32 @@ pub(crate) fn filter() -> Option<&'static libc::sock_fprog> {
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn instructions() -> Vec<libc::sock_filter> {
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let op = |code, jt: usize, jf: usize, k| libc::sock_filter { code, jt: jt as u8, jf: jf as u8, k };
     let deny = RET_ERRNO | libc::EPERM as u32;
     let calls = denied();
+    let x32 = usize::from(cfg!(target_arch = "x86_64"));
+    // Where each part starts; a jump's offset is `target - (index + 1)`.
+    let clone3 = 4 + x32;
+    let clone = clone3 + 2;
+    let flags = clone + 2;
+    let first_call = flags + 1;
+    let allow = first_call + calls.len();
+    let deny_at = allow + 1;
+    let to = |from: usize, target: usize| target - from - 1;
     let mut code =
         vec![op(LD_W_ABS, 0, 0, ARCH), op(JEQ_K, 1, 0, NATIVE_ARCH), op(RET_K, 0, 0, deny), op(LD_W_ABS, 0, 0, NR)];
-    // Each check jumps to the `deny` at the very end: `remaining` instructions after itself, less the allow.
-    let checks = calls.len() + usize::from(cfg!(target_arch = "x86_64"));
-    let mut remaining = checks;
     #[cfg(target_arch = "x86_64")]
-    {
-        remaining -= 1;
-        code.push(op(JGE_K, (remaining + 1) as u8, 0, X32_BIT));
-    }
-    for call in calls {
-        remaining -= 1;
-        code.push(op(JEQ_K, (remaining + 1) as u8, 0, call as u32));
+    code.push(op(JGE_K, to(4, deny_at), 0, X32_BIT));
+    // clone3 passes its flags in memory, out of a filter's reach: ENOSYS, and the C library falls back to
+    // clone, whose flags are checked.
+    code.push(op(JEQ_K, 0, 1, libc::SYS_clone3 as u32));
+    code.push(op(RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32));
+    // clone with any CLONE_NEW* flag: a new namespace, as unshare would make.
+    code.push(op(JEQ_K, 0, to(clone, first_call), libc::SYS_clone as u32));
+    code.push(op(LD_W_ABS, 0, 0, ARG0));
+    code.push(op(JSET_K, to(flags, deny_at), to(flags, allow), CLONE_NEW_FLAGS));
+    for (n, call) in calls.into_iter().enumerate() {
+        code.push(op(JEQ_K, to(first_call + n, deny_at), 0, call as u32));
     }
     code.push(op(RET_K, 0, 0, RET_ALLOW));
     code.push(op(RET_K, 0, 0, deny));
@@ -121,14 +137,30 @@ fn instructions() -> Vec<libc::sock_filter> {
 mod tests {
     #[test]
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn every_check_jumps_to_the_final_deny() {
+    fn every_jump_lands_inside_and_every_denied_call_on_the_deny() {
         let code = super::instructions();
         let deny = code.len() - 1;
         assert_eq!(code[deny].k, super::RET_ERRNO | libc::EPERM as u32);
         assert_eq!(code[deny - 1].k, super::RET_ALLOW);
-        for (i, op) in code.iter().enumerate().skip(4).take(deny - 5) {
-            assert!(op.code == super::JEQ_K || op.code == super::JGE_K, "{i}");
+        for (i, op) in code.iter().enumerate() {
+            if op.code == super::JEQ_K || op.code == super::JGE_K || op.code == super::JSET_K {
+                assert!(i + 1 + usize::from(op.jt) <= deny && i + 1 + usize::from(op.jf) <= deny, "instruction {i}");
+            }
+        }
+        // Each denied call's check jumps to the deny.
+        let calls = super::denied();
+        let checks: Vec<(usize, &libc::sock_filter)> = code
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| op.code == super::JEQ_K && calls.contains(&(op.k as libc::c_long)))
+            .collect();
+        assert_eq!(checks.len(), calls.len());
+        for (i, op) in checks {
             assert_eq!(i + 1 + usize::from(op.jt), deny, "instruction {i}");
         }
+        // clone with a namespace flag is denied, without one allowed.
+        let jset = code.iter().position(|op| op.code == super::JSET_K).expect("jset");
+        assert_eq!(jset + 1 + usize::from(code[jset].jt), deny);
+        assert_eq!(jset + 1 + usize::from(code[jset].jf), deny - 1);
     }
 }
