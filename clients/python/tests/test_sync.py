@@ -322,6 +322,9 @@ def test_ctrl_c_during_run_kills_the_tree(client: forkpool.Client) -> None:
         tree.extend(wait_for_tree(marker))
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Python raises KeyboardInterrupt only where SIGINT was not ignored at its start (a shell's background job
+    # ignores it): make sure it is Python's own handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     helper = threading.Thread(target=interrupt)
     helper.start()
     try:
@@ -329,6 +332,7 @@ def test_ctrl_c_during_run_kills_the_tree(client: forkpool.Client) -> None:
             client.run(command=TREE, env={"FORKPOOL_TEST_MARKER": marker}, deadline=30)
     finally:
         helper.join()
+        signal.signal(signal.SIGINT, previous)
     assert len(tree) == 3
     assert_gone(tree)
 

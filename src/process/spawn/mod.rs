@@ -216,6 +216,18 @@ impl Command {
         })
     }
 
+    /// The child's tables, pointing into this command: the user namespace's map writes, the mount steps, the
+    /// seccomp filter.
+    fn child_tables(&self) -> (Vec<FileWrite>, Vec<FsOp>, Option<&'static libc::sock_fprog>) {
+        let user_maps = self
+            .user_maps
+            .iter()
+            .map(|(path, data)| FileWrite { path: path.as_ptr(), data: data.as_ptr(), len: data.len() })
+            .collect();
+        let fs_ops = self.fs.iter().map(FsStep::op).collect();
+        (user_maps, fs_ops, if self.seccomp { seccomp::filter() } else { None })
+    }
+
     /// Makes this a warm sandbox of the command's shape (namespaces, mounts, cgroup, rlimits are ignored: the
     /// job's come with it) instead of a worker: forkpool's init waits for a job ([`Staged::start`]). Needs a
     /// pid namespace. No privilege is dropped before the job comes (the init does it then).
@@ -678,13 +690,7 @@ pub(crate) fn probe(ns: Namespaces, cwd: &Path) -> Result<(), SpawnError> {
     let probing = std::thread::Builder::new().name("forkpool-probe".into()).spawn(move || {
         pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(SpawnError::Resources)?;
         let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Resources)?;
-        let user_maps: Vec<FileWrite> = command
-            .user_maps
-            .iter()
-            .map(|(path, data)| FileWrite { path: path.as_ptr(), data: data.as_ptr(), len: data.len() })
-            .collect();
-        let fs_ops: Vec<FsOp> = command.fs.iter().map(FsStep::op).collect();
-        let seccomp = if command.seccomp { seccomp::filter() } else { None };
+        let (user_maps, fs_ops, seccomp) = command.child_tables();
         let nul: [*const c_char; 1] = [std::ptr::null()];
         let mut plan = ChildPlan {
             program: command.program.as_ptr(),
@@ -824,13 +830,7 @@ fn spawn_one(
     let nul = std::iter::once(std::ptr::null());
     let argv: Vec<*const c_char> =
         command.init_argv.as_ref().unwrap_or(&command.argv).iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
-    let user_maps: Vec<FileWrite> = command
-        .user_maps
-        .iter()
-        .map(|(path, data)| FileWrite { path: path.as_ptr(), data: data.as_ptr(), len: data.len() })
-        .collect();
-    let fs_ops: Vec<FsOp> = command.fs.iter().map(FsStep::op).collect();
-    let seccomp = if command.seccomp { seccomp::filter() } else { None };
+    let (user_maps, fs_ops, seccomp) = command.child_tables();
     // Under an init, nothing of the job's environment (it is in the init's argv).
     let envp: Vec<*const c_char> = if command.init_argv.is_some() {
         vec![std::ptr::null()]
