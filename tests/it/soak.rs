@@ -223,15 +223,26 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
         server.children()
     );
     let status = settled_status(&mut status_client).await;
-    let cgroups_left = std::fs::read_dir(cgroup_v2_mount().unwrap_or_default().join("forkpool"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("instance-{pid}-")))
-                .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().flatten())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
-                .count()
-        })
-        .unwrap_or(0);
+    // Job cgroups of this server: a job's (none may be left), or a warm sandbox's (exactly one per idle sandbox).
+    let job_cgroups = |warm: bool| {
+        std::fs::read_dir(cgroup_v2_mount().unwrap_or_default().join("forkpool"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("instance-{pid}-")))
+                    .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().flatten())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("job-") && name.starts_with("job-warm-") == warm)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let cgroups_left = job_cgroups(false);
+    let cgroup_mode = status.containment == forkpool::pb::ContainmentMode::Cgroup as i32;
+    let sandboxes_match = wait_until(Duration::from_secs(5), || {
+        let warm = job_cgroups(true);
+        if cgroup_mode { warm == server.warm_sandboxes().len() } else { warm == 0 }
+    });
+    assert!(sandboxes_match, "warm sandbox cgroups {} for {:?}", job_cgroups(true), server.warm_sandboxes());
     let (fd_end, rss_end) = (fds_of(pid).len(), rss_kib(pid));
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let cancelled = t(&tally.cancelled) + t(&tally.killed_clients);
