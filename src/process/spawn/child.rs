@@ -100,6 +100,7 @@ pub(super) enum FsOp {
     SetAttr { path: *const c_char, set: u64, clr: u64 },
 }
 
+use super::init::warm::{CapData, CapHeader};
 pub(super) use super::init::{
     EXEC_STEP, FORK_STEP, INIT_REPORT_FD, INIT_SPAWN_REPORT_FD, WARM_REQUEST_FD, WARM_ROOT_FD,
 };
@@ -561,22 +562,6 @@ unsafe fn loopback_up() -> bool {
         libc::close(socket);
         ok
     }
-}
-
-/// The kernel's `struct __user_cap_header_struct` (version 3: two data words).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// The kernel's `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 /// Sets `sig` to its default disposition with the raw syscall: the C library's `sigaction` refuses the

@@ -587,18 +587,20 @@ pub(crate) mod warm {
         Ok(())
     }
 
-    /// The kernel's capability structures (version 3).
+    /// The kernel's `struct __user_cap_header_struct` (version 3: two data words); the worker's child uses it too.
     #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: libc::c_int,
+    pub(crate) struct CapHeader {
+        pub(crate) version: u32,
+        pub(crate) pid: libc::c_int,
     }
+
+    /// The kernel's `struct __user_cap_data_struct`.
     #[repr(C)]
     #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
+    pub(crate) struct CapData {
+        pub(crate) effective: u32,
+        pub(crate) permitted: u32,
+        pub(crate) inheritable: u32,
     }
 
     /// No privilege kept but what the job's entry names, none gained later, then the job's user; the init
