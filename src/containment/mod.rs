@@ -16,6 +16,7 @@ pub(crate) mod cgroup;
 pub mod guardian;
 pub(crate) mod jobdir;
 mod leftovers;
+pub(crate) mod netns;
 pub(crate) mod users;
 pub(crate) mod workdir;
 
@@ -59,6 +60,8 @@ pub(crate) struct Containment {
     /// What a job asks for when neither it nor its catalog entry says otherwise: the shape of warm
     /// sandboxes.
     default_shape: (crate::config::isolation::IsolationPlan, crate::config::limits::Limits),
+    /// Network namespaces that finished jobs left as they were made, for the next ones.
+    nets: netns::NetPool,
 }
 
 /// The namespaces and cgroup limits of a warm sandbox, which only a job of the same shape may use.
@@ -74,12 +77,24 @@ pub(crate) struct JobContainer {
     cgroup: Option<JobCgroup>,
     private_dir: Option<PathBuf>,
     cwd: PathBuf,
+    /// The job's network namespace, while it may go back to the pool afterwards (see [`netns`]).
+    net: Option<netns::Netns>,
+    /// Its user and capabilities could not change the namespace: it may be reused.
+    net_reusable: bool,
 }
 
 impl JobContainer {
-    /// Takes a warm sandbox's cgroup as the job's.
-    pub(crate) fn adopt_cgroup(&mut self, cgroup: Option<JobCgroup>) {
+    /// Takes a warm sandbox's cgroup and network namespace as the job's.
+    pub(crate) fn adopt_sandbox(&mut self, cgroup: Option<JobCgroup>, net: Option<netns::Netns>) {
         self.cgroup = cgroup;
+        self.net = net;
+    }
+
+    /// Notes the network namespace a cold-started worker (`pid`, alive) got, if the job's may be reused.
+    pub(crate) fn note_network(&mut self, pid: i32) {
+        if self.net_reusable && self.net.is_none() {
+            self.net = netns::Netns::of(pid).ok();
+        }
     }
 
     /// The cgroup name, for the reaper's attribution.
@@ -193,6 +208,7 @@ impl Containment {
             available,
             unavailable,
             default_shape: (config.isolation.plan(&Default::default()), config.limits),
+            nets: netns::NetPool::default(),
         })
     }
 
@@ -258,14 +274,36 @@ impl Containment {
                 (dir.clone(), Some(dir))
             }
         };
-        Ok(JobContainer { cgroup: None, private_dir, cwd })
+        Ok(JobContainer { cgroup: None, private_dir, cwd, net: None, net_reusable: self.network_reusable(plan) })
     }
 
-    /// Makes the job's cgroup (cgroup mode), with its limits.
+    /// Whether `plan`'s network namespace may be reused after it (see [`netns`]): one of its own, in a pid
+    /// namespace (whose end is the end of every process in it), for a job that is not root and keeps no
+    /// capability.
+    fn network_reusable(&self, plan: &JobPlan) -> bool {
+        let ns = self.namespaces_for(plan);
+        ns.no_network
+            && ns.pid
+            && !ns.user
+            && self.drops_capabilities
+            && plan.keep_capabilities == 0
+            && plan.ids.is_some_and(|(uid, _)| uid != 0)
+    }
+
+    /// Makes the job's cgroup (cgroup mode), with its limits, and takes a reusable network namespace for it
+    /// if one is ready (a cold start: a warm sandbox comes with both).
     pub(crate) fn add_cgroup(&self, container: &mut JobContainer, job_id: &str, plan: &JobPlan) -> io::Result<()> {
         let limits = self.limits_for(plan);
         container.cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &limits)).transpose()?;
+        if container.net_reusable && container.net.is_none() {
+            container.net = self.nets.take();
+        }
         Ok(())
+    }
+
+    /// A reusable network namespace for a warm sandbox of `shape`, if one is ready.
+    pub(crate) fn spare_network(&self, shape: &WarmShape) -> Option<netns::Netns> {
+        shape.namespaces.no_network.then(|| self.nets.take()).flatten()
     }
 
     /// The shape of warm sandboxes: that of a job asking for nothing special. `None` where jobs get no pid
@@ -308,7 +346,8 @@ impl Containment {
 
     /// Removes the cgroup of a warm sandbox that was never used, once its init is gone.
     pub(crate) async fn discard(&self, cgroup: Option<JobCgroup>) {
-        let container = JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/") };
+        let container =
+            JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/"), net: None, net_reusable: false };
         if let Some(cgroup) = &container.cgroup {
             let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
         }
@@ -324,7 +363,7 @@ impl Containment {
         let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
         let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
         let ns = self.namespaces_for(plan);
-        Ok(Command::new(&plan.argv, &env)?
+        let command = Command::new(&plan.argv, &env)?
             .cwd(&container.cwd)?
             .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
             .join_cgroups(&v1_procs)?
@@ -332,7 +371,12 @@ impl Containment {
             .user(plan.ids)
             .privileges(self.drops_capabilities || ns.user, plan.keep_capabilities)
             .namespaces(ns)?
-            .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo })))
+            .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo }));
+        // (Without a spare fd, a new namespace.)
+        Ok(match container.net.as_ref().and_then(|net| net.fd().ok()) {
+            Some(net) => command.join_network(net),
+            None => command,
+        })
     }
 
     /// The job's limits, its process limit counting forkpool's init besides the job's own processes.
@@ -430,17 +474,24 @@ impl Containment {
 
     /// Removes the job's cgroup and private directory once its pid namespace's init (if any) is gone: `init_gone`
     /// fires when the reaper has it (bounded: the cgroup is then killed).
+    /// A network namespace the job left as it was made goes back to the pool then.
     pub(crate) async fn release_after(
         &self,
-        container: JobContainer,
+        mut container: JobContainer,
         init_gone: Option<tokio::sync::oneshot::Receiver<()>>,
     ) {
+        let net = container.net.take();
         if let Some(gone) = init_gone {
-            if tokio::time::timeout(LEFTOVERS_WAIT, gone).await.is_err() {
+            let reaped = matches!(tokio::time::timeout(LEFTOVERS_WAIT, gone).await, Ok(Ok(())));
+            if !reaped {
                 warn!("a job's init is still there {LEFTOVERS_WAIT:?} after its report");
             }
             if let Some(cgroup) = &container.cgroup {
                 let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
+            }
+            if let Some(net) = net.filter(|_| reaped && container.net_reusable) {
+                let kept = self.nets.give_back(net);
+                tracing::debug!(kept, "network namespace after the job");
             }
         }
         self.release(container).await;

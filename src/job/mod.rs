@@ -360,7 +360,7 @@ impl Jobs {
         let mut sandbox = self.warm.as_ref().and_then(|w| w.take(|shape| self.containment.fits(&plan, shape)));
         let command = match &mut sandbox {
             Some(sandbox) => {
-                container.adopt_cgroup(sandbox.cgroup.take());
+                container.adopt_sandbox(sandbox.cgroup.take(), sandbox.net.take());
                 command
             }
             None => {
@@ -469,6 +469,7 @@ impl Jobs {
         );
         self.metrics.started.inc();
         let Spawned { pid, io, stdio_links, registration, init_report } = spawned;
+        container.note_network(pid);
         // In a pid namespace, the init's report is the program's end: it comes once the program's tree is dead
         // and reaped, before the init itself exits (its namespace's teardown is then off the call's path).
         // Without it (the init was killed), the reaper's word on the init stands. `init_gone` tells when the

@@ -19,15 +19,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::containment::cgroup::JobCgroup;
+use crate::containment::netns::Netns;
 use crate::containment::{Containment, WarmShape};
 use crate::process::registry::{JobReaps, WorkerEntry, WorkerExit};
 use crate::process::spawn::{Spawner, Staged};
 
-/// A ready sandbox and what its job takes over: the cgroup, the exit channel and the orphan list.
+/// A ready sandbox and what its job takes over: the cgroup, the network namespace, the exit channel and the
+/// orphan list.
 #[derive(Debug)]
 pub(crate) struct Sandbox {
     pub(crate) staged: Staged,
     pub(crate) cgroup: Option<JobCgroup>,
+    /// Its network namespace (a reused one, or its own new one), which may be reused after its job.
+    pub(crate) net: Option<Netns>,
     pub(crate) exit: oneshot::Receiver<WorkerExit>,
     pub(crate) reaps: Arc<JobReaps>,
 }
@@ -144,15 +148,24 @@ impl WarmPool {
     }
 
     async fn stage(&self, spawner: &Spawner, containment: &Containment, n: u64) -> std::io::Result<Sandbox> {
-        let (command, cgroup) = containment.stage(&format!("warm-{n}"), &self.shape)?;
+        let (mut command, cgroup) = containment.stage(&format!("warm-{n}"), &self.shape)?;
+        // A network namespace a finished job left as it was made, if one is ready (see `containment::netns`).
+        let mut net = containment.spare_network(&self.shape);
+        if let Some(fd) = net.as_ref().and_then(|n| n.fd().ok()) {
+            command = command.join_network(fd);
+        }
+        let own_network = command.own_network();
         let reaps = Arc::new(JobReaps::default());
         let (tx, exit) = oneshot::channel();
         let entry =
             WorkerEntry { exit: tx, reaps: Arc::clone(&reaps), cgroup: cgroup.as_ref().map(|c| c.name().to_string()) };
         match spawner.stage(command, entry).await {
             Ok(staged) => {
-                debug!(pid = staged.pid, "warm sandbox ready");
-                Ok(Sandbox { staged, cgroup, exit, reaps })
+                debug!(pid = staged.pid, reused_network = net.is_some(), "warm sandbox ready");
+                if own_network && net.is_none() {
+                    net = Netns::of(staged.pid).ok();
+                }
+                Ok(Sandbox { staged, cgroup, net, exit, reaps })
             }
             Err(e) => {
                 containment.discard(cgroup).await;

@@ -311,3 +311,67 @@ fn the_init_outside_a_pid_namespace_refuses_to_run() {
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+/// The job's network namespace (its never-reused cookie) and what its loopback shows: up, and how many packets
+/// it has passed.
+const NETNS_PROBE: &str = "import fcntl, socket, struct\n\
+s = socket.socket()\n\
+cookie = struct.unpack('Q', s.getsockopt(socket.SOL_SOCKET, 71, 8))[0]\n\
+flags = struct.unpack('16sH14x', fcntl.ioctl(s, 0x8913, struct.pack('16sH14x', b'lo', 0)))[1]\n\
+lo = [l.split(':', 1)[1].split() for l in open('/proc/net/dev') if l.strip().startswith('lo:')][0]\n\
+print('netns', cookie, 'up' if flags & 1 else 'down', int(lo[1]) + int(lo[9]))\n";
+
+/// The same, after a connection over the loopback (which leaves a socket in TIME_WAIT behind).
+const NETNS_PROBE_AFTER_TRAFFIC: &str = "import socket\n\
+own = socket.socket(); own.bind(('127.0.0.1', 0)); own.listen()\n\
+c = socket.create_connection(own.getsockname(), timeout=2); a, _ = own.accept(); a.close(); c.close()\n";
+
+/// Runs `job` (a probe printing `netns COOKIE up|down PACKETS`) and returns the cookie, checking that the
+/// namespace it got looked new: loopback up, no packet passed before the job's own.
+async fn netns_of(
+    client: &mut pb::executor_client::ExecutorClient<tonic::transport::Channel>,
+    start: pb::StartJob,
+) -> u64 {
+    let out = run(client, start).await;
+    let text = out.stdout_text();
+    let line = text.lines().find_map(|l| l.strip_prefix("netns ")).unwrap_or_else(|| panic!("{out:?}"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(fields[1], "up", "the job's loopback is down: {out:?}");
+    fields[0].parse().expect("cookie")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_namespace_is_reused_only_as_it_was_made() {
+    if !root("a root server (namespaces)")
+        || !tool(std::process::Command::new("python3").arg("-V").status().is_ok_and(|s| s.success()), "python3")
+    {
+        return;
+    }
+    let clean = || raw(&["python3", "-c", NETNS_PROBE]);
+    let busy = || raw(&["python3", "-c", &format!("{NETNS_PROBE_AFTER_TRAFFIC}{NETNS_PROBE}")]);
+    for warm in ["2", "0"] {
+        let toml = format!(
+            "allow_raw_commands = true\nwarm_sandboxes = {warm}\n[[job]]\nname = \"as-root\"\nuser = \"root\"\ncommand = [\"python3\", \"-c\", {NETNS_PROBE:?}]\n"
+        );
+        let server = TestServer::with_config(&toml, &[]);
+        let mut client = server.client().await;
+        // Jobs that leave their namespace as they found it share a few namespaces, each found pristine (the
+        // packet count a probe prints is its own: none before it).
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(netns_of(&mut client, clean()).await);
+        }
+        assert!(seen.len() <= 4, "{warm} warm sandboxes: no namespace was reused: {seen:?}");
+        // A namespace whose loopback passed packets, or that a root job had, is never seen again.
+        let mut spent = std::collections::HashSet::new();
+        for _ in 0..3 {
+            spent.insert(netns_of(&mut client, busy()).await);
+            spent.insert(netns_of(&mut client, job("as-root", &[])).await);
+        }
+        for _ in 0..8 {
+            let cookie = netns_of(&mut client, clean()).await;
+            assert!(!spent.contains(&cookie), "{warm} warm sandboxes: a used namespace came back: {cookie}");
+        }
+    }
+}

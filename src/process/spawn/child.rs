@@ -51,6 +51,8 @@ pub(super) struct ChildPlan {
     pub(super) fs_op_count: usize,
     /// Bring the new network namespace's loopback interface up.
     pub(super) loopback: bool,
+    /// A network namespace to join (an fd) instead of a new one, or -1.
+    pub(super) join_net: RawFd,
     /// The seccomp filter to install last, or null.
     pub(super) seccomp: *const libc::sock_fprog,
     /// With a pid namespace: forkpool's executable (an fd), exec'd as the namespace's init instead of the
@@ -116,7 +118,7 @@ pub(super) const STEPS: [&str; 18] = [
     "set resource limits",
     "change to the working directory",
     "set up the mount namespace",
-    "bring up the loopback interface",
+    "enter the network namespace (bring up its loopback)",
     "restrict privileges",
     "switch user",
     "set up stdio",
@@ -346,7 +348,11 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
                 fail(plan.report, 8);
             }
         }
-        //    A new network namespace has a loopback interface, down.
+        //    A new network namespace has a loopback interface, down. A reused one (joined while the child
+        //    still has every capability) has it up already.
+        if plan.join_net >= 0 && libc::setns(plan.join_net, libc::CLONE_NEWNET) < 0 {
+            fail(plan.report, 9);
+        }
         if plan.loopback && !loopback_up() {
             fail(plan.report, 9);
         }

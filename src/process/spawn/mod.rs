@@ -80,6 +80,8 @@ pub(crate) struct Command {
     fs: Vec<FsStep>,
     /// Bring up the new network namespace's loopback interface.
     loopback: bool,
+    /// A network namespace to join instead of making one (a reused one, whose loopback is up).
+    join_net: Option<OwnedFd>,
     /// Install the seccomp deny list.
     seccomp: bool,
     /// Run under forkpool's init (a pid namespace): its argv, `forkpool-init PROGRAM ARGV...`.
@@ -207,6 +209,7 @@ impl Command {
             user_maps: Vec::new(),
             fs: Vec::new(),
             loopback: false,
+            join_net: None,
             seccomp: false,
             init_argv: None,
             warm: false,
@@ -338,6 +341,23 @@ impl Command {
         self.namespaces = flags;
         self.seccomp = ns.seccomp;
         Ok(self)
+    }
+
+    /// Joins the network namespace `ns` instead of making a new one (call after [`Command::namespaces`]; a
+    /// command that gets no network namespace of its own ignores it). `ns` is one a finished job left as it
+    /// was made (see `containment::netns`): its loopback is up, and nothing of that job is in it.
+    pub(crate) fn join_network(mut self, ns: OwnedFd) -> Self {
+        if self.namespaces & libc::CLONE_NEWNET != 0 {
+            self.namespaces &= !libc::CLONE_NEWNET;
+            self.loopback = false;
+            self.join_net = Some(ns);
+        }
+        self
+    }
+
+    /// Whether the worker gets a network namespace of its own (new, or joined).
+    pub(crate) fn own_network(&self) -> bool {
+        self.namespaces & libc::CLONE_NEWNET != 0 || self.join_net.is_some()
     }
 
     /// The mount namespace's set-up: nothing propagates back to the host; a read-only system; empty tmpfs on
@@ -719,6 +739,7 @@ pub(crate) fn probe(ns: Namespaces, cwd: &Path) -> Result<(), SpawnError> {
             fs_ops: fs_ops.as_ptr(),
             fs_op_count: fs_ops.len(),
             loopback: command.loopback,
+            join_net: -1,
             seccomp: seccomp.map_or(std::ptr::null(), |p| p as *const libc::sock_fprog),
             init_exe: -1,
             init_report: -1,
@@ -869,6 +890,7 @@ fn spawn_one(
         fs_ops: fs_ops.as_ptr(),
         fs_op_count: fs_ops.len(),
         loopback: command.loopback,
+        join_net: command.join_net.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         seccomp: seccomp.map_or(std::ptr::null(), |p| p as *const libc::sock_fprog),
         init_exe: if init_report.is_some() { init_exe } else { -1 },
         init_report: init_report.as_ref().map_or(-1, AsRawFd::as_raw_fd),
