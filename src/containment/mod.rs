@@ -511,6 +511,7 @@ impl Containment {
             }
         }
         if let Some(dir) = container.private_dir
+            && !self.work_root.recycle(&dir)
             && let Err(e) = remove_tree(dir.clone()).await
         {
             warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");

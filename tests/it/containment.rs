@@ -250,8 +250,12 @@ async fn a_crashed_servers_jobs_and_leftovers_are_cleaned_at_the_next_start() {
             .map(|e| e.path())
             .find(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("instance-")))
             .expect("the server's instance directory");
-        let job_dirs: Vec<PathBuf> =
-            std::fs::read_dir(&instance).expect("instance").flatten().map(|e| e.path()).collect();
+        let job_dirs: Vec<PathBuf> = std::fs::read_dir(&instance)
+            .expect("instance")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".spare-")))
+            .collect();
         assert_eq!(job_dirs.len(), 1);
         first.signal(Signal::SIGKILL);
         first.wait_exit(Duration::from_secs(5)).expect("server died");
@@ -418,4 +422,60 @@ async fn a_server_with_another_cgroup_root_leaves_a_live_servers_v1_cgroups_alon
     assert_serving(&mut b_client).await;
     assert!(a_v1.exists(), "a starting server removed a live server's v1 cgroup {}", a_v1.display());
     assert_serving(&mut client).await;
+}
+
+/// What a job finds of its private directory, on one line: `dir MODE OWNER JOB-UID ENTRIES XATTRS FLAGS
+/// INODE BORN` (`stat %w`: when it was made).
+const DIR_PROBE: &str = "echo dir $(stat -c '%a %u' .) $(id -u) $(ls -A | wc -l) \
+    $(python3 -c \"import os; print(len(os.listxattr('.')))\") $(lsattr -d . | cut -d' ' -f1) $(stat -c '%i %w' . | tr ' ' _)";
+
+/// The fields of a [`DIR_PROBE`]'s line.
+fn dir_probe(out: &Outcome) -> Vec<String> {
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let text = out.stdout_text();
+    let line = text.lines().find_map(|l| l.strip_prefix("dir ")).unwrap_or_else(|| panic!("{out:?}"));
+    let fields: Vec<String> = line.split(' ').map(str::to_string).collect();
+    assert_eq!(fields.len(), 7, "{out:?}");
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_directory_is_reused_only_as_it_was_made() {
+    if !tool(std::process::Command::new("python3").arg("-V").status().is_ok_and(|s| s.success()), "python3")
+        || !tool(std::process::Command::new("lsattr").arg("-d").arg("/").status().is_ok_and(|s| s.success()), "lsattr")
+    {
+        return;
+    }
+    let server = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = server.client().await;
+    let fresh = dir_probe(&run(&mut client, sh(DIR_PROBE)).await);
+    assert_eq!((fresh[0].as_str(), fresh[3].as_str(), fresh[4].as_str()), ("700", "0", "0"), "a new one: {fresh:?}");
+    // Every job finds its directory as a new one: mode 0700, its own, empty, no extended attribute, the same
+    // inode flags.
+    let clean = |seen: &[String]| {
+        assert_eq!((&seen[0], &seen[3], &seen[4], &seen[5]), (&fresh[0], &fresh[3], &fresh[4], &fresh[5]), "{seen:?}");
+        assert_eq!(seen[1], seen[2], "not the job's own: {seen:?}");
+    };
+    // Jobs that leave their directory empty leave it to the next ones: a directory (inode and birth) comes back.
+    let mut made = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let seen = dir_probe(&run(&mut client, sh(DIR_PROBE)).await);
+        clean(&seen);
+        made.insert(seen[6].clone());
+    }
+    assert!(made.len() < 6, "no directory was reused: {made:?}");
+    // Jobs that leave something on it (an entry, an extended attribute, an inode flag, a mode) leave nothing
+    // the next jobs see.
+    for leave in [
+        "touch leftover",
+        "python3 -c \"import os; os.setxattr('.', 'user.leak', b'1')\"",
+        "chattr +d . 2>/dev/null || chattr +A .",
+        "chmod 777 .",
+    ] {
+        let out = run(&mut client, sh(leave)).await;
+        assert_eq!(out.code(), Some(0), "{leave}: {out:?}");
+        for _ in 0..4 {
+            clean(&dir_probe(&run(&mut client, sh(DIR_PROBE)).await));
+        }
+    }
 }

@@ -36,7 +36,8 @@ async fn upload(call: &OpenCall, path: &str, data: &[u8], chunk: usize) {
     }
 }
 
-/// The server's job directories (its instance's), by name.
+/// The server's job directories (its instance's), by name (not the emptied ones it keeps for the next jobs,
+/// `.spare-N`).
 fn job_dirs(work_root: &std::path::Path) -> Vec<String> {
     let Ok(instances) = std::fs::read_dir(work_root) else { return Vec::new() };
     instances
@@ -44,6 +45,7 @@ fn job_dirs(work_root: &std::path::Path) -> Vec<String> {
         .filter(|e| e.path().is_dir())
         .flat_map(|i| std::fs::read_dir(i.path()).into_iter().flatten().flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".spare-"))
         .collect()
 }
 
