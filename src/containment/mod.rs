@@ -317,10 +317,14 @@ impl Containment {
             .then(|| WarmShape { namespaces, limits: self.limits_of(limits, namespaces) })
     }
 
-    /// Whether `plan` runs in a sandbox of `shape`: same namespaces and limits, and a private directory (which
-    /// the sandbox's init reaches through the work root).
+    /// Whether `plan` runs in a sandbox of `shape`: same namespaces and limits, a private directory (which
+    /// the sandbox's init reaches through the work root), and no capability kept where sandboxes empty their
+    /// bounding sets ahead.
     pub(crate) fn fits(&self, plan: &JobPlan, shape: &WarmShape) -> bool {
-        plan.cwd.is_none() && self.namespaces_for(plan) == shape.namespaces && self.limits_for(plan) == shape.limits
+        plan.cwd.is_none()
+            && (plan.keep_capabilities == 0 || !self.drops_capabilities)
+            && self.namespaces_for(plan) == shape.namespaces
+            && self.limits_for(plan) == shape.limits
     }
 
     /// A warm sandbox's cgroup (`name`) and command, of `shape`.
@@ -331,7 +335,7 @@ impl Containment {
             .and_then(|c| c.cgroup(cgroup.as_ref().map(JobCgroup::dir)))
             .and_then(|c| c.join_cgroups(&v1_procs))
             .and_then(|c| c.namespaces(shape.namespaces))
-            .and_then(|c| c.warm(self.work_root.path()))
+            .and_then(|c| c.warm(self.work_root.path(), self.drops_capabilities))
             .map_err(|e| io::Error::other(e.to_string()));
         match command {
             Ok(command) => Ok((command, cgroup)),

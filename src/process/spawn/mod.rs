@@ -233,14 +233,19 @@ impl Command {
 
     /// Makes this a warm sandbox of the command's shape (namespaces, mounts, cgroup, rlimits are ignored: the
     /// job's come with it) instead of a worker: forkpool's init waits for a job ([`Staged::start`]). Needs a
-    /// pid namespace. No privilege is dropped before the job comes (the init does it then).
-    pub(crate) fn warm(mut self, work_root: &Path) -> Result<Self, SpawnError> {
+    /// pid namespace. No privilege is dropped before the job comes (the init does it then), but for the
+    /// capability bounding set if `empty_bounding` (then only jobs that keep no capability may use it).
+    pub(crate) fn warm(mut self, work_root: &Path, empty_bounding: bool) -> Result<Self, SpawnError> {
         self.warm_root = Some((path_cstring(work_root)?, work_root.to_path_buf()));
         if self.init_argv.is_none() {
             return Err(SpawnError::InvalidCommand("a warm sandbox needs a pid namespace".into()));
         }
         let arg = |s: &str| CString::new(s).map_err(|_| SpawnError::InvalidCommand("init".into()));
-        self.init_argv = Some(vec![arg(init::ARGV0)?, arg(init::WARM_FLAG)?]);
+        let mut argv = vec![arg(init::ARGV0)?, arg(init::WARM_FLAG)?];
+        if empty_bounding {
+            argv.push(arg(init::EMPTY_BOUNDING_FLAG)?);
+        }
+        self.init_argv = Some(argv);
         self.warm = true;
         self.ids = None;
         self.drop_capabilities = false;
