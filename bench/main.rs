@@ -16,6 +16,7 @@ use clap::Parser;
 mod files;
 mod isolation;
 mod target;
+mod transport;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -642,17 +643,36 @@ async fn run(quick: bool, server_args: Vec<String>) -> anyhow::Result<()> {
 
     let mut ours = vec![];
     let mut floor = vec![];
+    let mut transport = vec![];
+    let transport_server = transport::start(sizes.stdout_bytes)?;
+    let mut transport_client =
+        forkpool::cli::connect(&Connection { server: transport_server, ..Connection::default() }).await?;
     for _ in 0..reps {
         ours.push(stdout_rate(&server, sizes.stdout_bytes).await?);
         floor.push(tokio::task::block_in_place(|| floor_stdout(sizes.stdout_bytes))?);
+        let t = Instant::now();
+        let got = run_job(&mut transport_client, raw(&["none"])).await?;
+        anyhow::ensure!(got == sizes.stdout_bytes, "the transport floor sent {got} bytes");
+        transport.push(got as f64 / 1e6 / t.elapsed().as_secs_f64());
     }
-    let (ours, floor) = (median_f64(ours), median_f64(floor));
+    let (ours, floor, transport) = (median_f64(ours), median_f64(floor), median_f64(transport));
     rows.push(Row {
         figure: format!("stdout, {} MiB streamed to the client", sizes.stdout_bytes >> 20),
         forkpool: format!("{ours:.0} MB/s"),
         floor: format!("{floor:.0} MB/s (`head | cat`)"),
         ratio: format!("{:.0} %", ours / floor * 100.0),
         target: "≥ 70 % of floor".into(),
+    });
+    rows.push(Row {
+        figure: "for reference: the same stream from a gRPC server with no job (the transport alone)".into(),
+        forkpool: format!("forkpool {ours:.0} MB/s"),
+        floor: format!("{transport:.0} MB/s; `head | cat` {floor:.0} MB/s"),
+        ratio: format!(
+            "{:.0} % of the transport; the transport {:.0} % of `head | cat`",
+            ours / transport * 100.0,
+            transport / floor * 100.0
+        ),
+        target: "—".into(),
     });
     eprintln!("  stdout done");
     drop(server);

@@ -54,11 +54,11 @@ pub const FORCE_BUDGET: Duration = Duration::from_secs(3);
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// HTTP/2 receive window per call (bytes).
-const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// HTTP/2 receive window per connection (bytes).
-const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
 /// Largest HTTP/2 frame the server accepts (bytes): a 1 MiB upload chunk in 4 frames, not 64.
-const MAX_FRAME_BYTES: u32 = 256 << 10;
+pub const MAX_FRAME_BYTES: u32 = 256 << 10;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
