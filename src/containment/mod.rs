@@ -79,8 +79,9 @@ pub(crate) struct JobContainer {
     cwd: PathBuf,
     /// The job's network namespace, while it may go back to the pool afterwards (see [`netns`]).
     net: Option<netns::Netns>,
-    /// Its user and capabilities could not change the namespace: it may be reused.
-    net_reusable: bool,
+    /// What the job could do cannot outlive it in its network namespace or its directory: they may be reused
+    /// once it is gone (see [`Containment::reusable`]).
+    reusable: bool,
 }
 
 impl JobContainer {
@@ -88,13 +89,6 @@ impl JobContainer {
     pub(crate) fn adopt_sandbox(&mut self, cgroup: Option<JobCgroup>, net: Option<netns::Netns>) {
         self.cgroup = cgroup;
         self.net = net;
-    }
-
-    /// Notes the network namespace a cold-started worker (`pid`, alive) got, if the job's may be reused.
-    pub(crate) fn note_network(&mut self, pid: i32) {
-        if self.net_reusable && self.net.is_none() {
-            self.net = netns::Netns::of(pid).ok();
-        }
     }
 
     /// The cgroup name, for the reaper's attribution.
@@ -274,20 +268,22 @@ impl Containment {
                 (dir.clone(), Some(dir))
             }
         };
-        Ok(JobContainer { cgroup: None, private_dir, cwd, net: None, net_reusable: self.network_reusable(plan) })
-    }
-
-    /// Whether `plan`'s network namespace may be reused after it (see [`netns`]): one of its own, in a pid
-    /// namespace (whose end is the end of every process in it), for a job that is not root and keeps no
-    /// capability.
-    fn network_reusable(&self, plan: &JobPlan) -> bool {
-        let ns = self.namespaces_for(plan);
-        ns.no_network
-            && ns.pid
-            && !ns.user
-            && self.drops_capabilities
+        let reusable = plan.cwd.is_none()
             && plan.keep_capabilities == 0
             && plan.ids.is_some_and(|(uid, _)| uid != 0)
+            && self.reusable(self.namespaces_for(plan));
+        Ok(JobContainer { cgroup: None, private_dir, cwd, net: None, reusable })
+    }
+
+    /// Whether a job in namespaces `ns` (with a private directory, not root, no capability kept) leaves nothing
+    /// behind in its network namespace or its directory once it is gone, so that they may be reused (see
+    /// [`netns`], [`workdir`]): a pid namespace (its end is the end of every process of the job); a network
+    /// namespace of its own (no abstract unix socket shared with another job); and nowhere writable but its
+    /// own directory, `/tmp` and `/dev/shm` (`read_only_root`), so no place where it could hand another job a
+    /// socket or an open file of its namespace or directory, which would keep a view into the next job's use of
+    /// them.
+    fn reusable(&self, ns: Namespaces) -> bool {
+        ns.no_network && ns.pid && ns.private_tmp && ns.read_only_root && !ns.user && self.drops_capabilities
     }
 
     /// Makes the job's cgroup (cgroup mode), with its limits, and takes a reusable network namespace for it
@@ -295,7 +291,7 @@ impl Containment {
     pub(crate) fn add_cgroup(&self, container: &mut JobContainer, job_id: &str, plan: &JobPlan) -> io::Result<()> {
         let limits = self.limits_for(plan);
         container.cgroup = self.cgroups.as_ref().map(|tree| tree.create(job_id, &limits)).transpose()?;
-        if container.net_reusable && container.net.is_none() {
+        if container.reusable && container.net.is_none() {
             container.net = self.nets.take();
         }
         Ok(())
@@ -303,7 +299,12 @@ impl Containment {
 
     /// A reusable network namespace for a warm sandbox of `shape`, if one is ready.
     pub(crate) fn spare_network(&self, shape: &WarmShape) -> Option<netns::Netns> {
-        shape.namespaces.no_network.then(|| self.nets.take()).flatten()
+        self.reusable_shape(shape).then(|| self.nets.take()).flatten()
+    }
+
+    /// Whether the jobs of sandboxes of `shape` may leave their network namespaces for reuse.
+    pub(crate) fn reusable_shape(&self, shape: &WarmShape) -> bool {
+        self.reusable(shape.namespaces)
     }
 
     /// The shape of warm sandboxes: that of a job asking for nothing special. `None` where jobs get no pid
@@ -350,8 +351,7 @@ impl Containment {
 
     /// Removes the cgroup of a warm sandbox that was never used, once its init is gone.
     pub(crate) async fn discard(&self, cgroup: Option<JobCgroup>) {
-        let container =
-            JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/"), net: None, net_reusable: false };
+        let container = JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/"), net: None, reusable: false };
         if let Some(cgroup) = &container.cgroup {
             let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
         }
@@ -485,24 +485,33 @@ impl Containment {
         init_gone: Option<tokio::sync::oneshot::Receiver<()>>,
     ) {
         let net = container.net.take();
+        let mut reuse = false;
         if let Some(gone) = init_gone {
             let reaped = matches!(tokio::time::timeout(LEFTOVERS_WAIT, gone).await, Ok(Ok(())));
             if !reaped {
                 warn!("a job's init is still there {LEFTOVERS_WAIT:?} after its report");
             }
-            if let Some(cgroup) = &container.cgroup {
-                let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
-            }
-            if let Some(net) = net.filter(|_| reaped && container.net_reusable) {
+            let emptied = match &container.cgroup {
+                Some(cgroup) => cgroup.kill_and_wait(LEFTOVERS_WAIT).await,
+                None => true,
+            };
+            reuse = reaped && emptied && container.reusable;
+            if let Some(net) = net.filter(|_| reuse) {
                 let kept = self.nets.give_back(net);
                 tracing::debug!(kept, "network namespace after the job");
             }
         }
-        self.release(container).await;
+        self.remove(container, reuse).await;
     }
 
     /// Removes the job's cgroup and private directory.
     pub(crate) async fn release(&self, container: JobContainer) {
+        self.remove(container, false).await;
+    }
+
+    /// Removes the job's cgroup and private directory, or keeps the directory for another job if `reuse` (see
+    /// [`workdir`]: every process of the job is gone, and it could not have handed the directory on).
+    async fn remove(&self, container: JobContainer, reuse: bool) {
         if let Some(cgroup) = container.cgroup {
             let mut attempts = 0;
             while let Err(e) = cgroup.remove() {
@@ -515,7 +524,7 @@ impl Containment {
             }
         }
         if let Some(dir) = container.private_dir
-            && !self.work_root.recycle(&dir)
+            && !(reuse && self.work_root.recycle(&dir))
             && let Err(e) = remove_tree(dir.clone()).await
         {
             warn!(path = %dir.display(), error = %e, "cannot remove the job's working directory");

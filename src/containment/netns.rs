@@ -2,22 +2,25 @@
 //!
 //! Making a network namespace is the most expensive part of a job's isolation: the kernel sets up every
 //! per-namespace table (sysctls, devices, protocol state) at the clone, and tears it all down again in a
-//! kernel thread after the job (measured per job: about 850 µs of the machine's CPU, most of the isolation's
-//! cost; see BENCHMARKS.md). A namespace a job leaves exactly as it found it is as good as a new one, so it
-//! goes back to a pool and the next job joins it (`setns`) instead.
+//! kernel thread after the job (measured per job: about 850 µs of the machine's CPU; see BENCHMARKS.md). A
+//! namespace a job leaves exactly as it found it is as good as a new one, so it goes back to a pool and the
+//! next job joins it (`setns`) instead.
 //!
 //! "Exactly as it found it" is checked, not assumed. A namespace is reused only when:
-//! - the job ran as a user other than root and kept no capability: nothing but root (`net.*` sysctls are
-//!   writable by uid 0 of the namespace's owner even without capabilities) or `CAP_NET_ADMIN` can change its
+//! - the job could not have handed anything of the namespace to another job: it had no writable place outside
+//!   its own private directory, `/tmp` and `/dev/shm` (`read_only_root`, a private directory), so no
+//!   rendezvous for passing a socket or an open `/proc/net` file (which would keep a view of the namespace
+//!   into the next job's use of it) to anyone; abstract unix sockets are the namespace's own;
+//! - it ran as a user other than root and kept no capability: nothing but root (`net.*` sysctls are writable
+//!   by uid 0 of the namespace's owner even without capabilities) or `CAP_NET_ADMIN` can change its
 //!   configuration, and the seccomp filter refuses `setns`/`unshare` anyway;
-//! - its pid namespace's init was reaped: every process of the job, and so every socket it had, is gone;
-//! - its loopback interface never passed a packet (a new namespace's has passed none; bringing it up sends
-//!   none): no connection was made in it, so no socket state outlives the job (a TCP `TIME_WAIT`, which would
-//!   refuse the next job a `bind`), and no counter of `/proc/net/snmp` or `/proc/net/dev` tells the next job
-//!   anything about this one. (Counting from zero, not from when the server first looked, leaves no moment
-//!   in which a job's packets could go unseen.)
+//! - its pid namespace's init was reaped: every process of the job is gone;
+//! - every socket table of the namespace (`tcp`, `udp`, `raw`, `unix`, `packet`, ... in `/proc/net`), its IPv6
+//!   flow labels and every counter (`dev`, `snmp`, `snmp6`, `netstat`) read exactly as they did when the
+//!   namespace was new: no socket outlives the job (a TCP `TIME_WAIT` would refuse the next job a `bind`), and
+//!   no counter tells the next job anything about this one.
 //!
-//! Anything else (a job that used its loopback, a root job, an init that did not go in time, a full pool) drops
+//! Anything else (a job that used its network, a root job, an init that did not go in time, a full pool) drops
 //! the namespace; the kernel frees it once nothing holds it.
 
 use std::fs::File;
@@ -29,20 +32,53 @@ use std::sync::Mutex;
 /// Most namespaces kept for reuse; more are dropped.
 const CAPACITY: usize = 32;
 
-/// A network namespace: its fd, and its `/proc/net/dev` (opened through a process in it, so it keeps showing
-/// that namespace).
+/// The `/proc/net` files compared with their new namespace's: socket tables, flow labels, counters. (A file
+/// the kernel does not have is left out.)
+const STATE_FILES: [&str; 18] = [
+    "dev",
+    "snmp",
+    "snmp6",
+    "netstat",
+    "tcp",
+    "tcp6",
+    "udp",
+    "udp6",
+    "udplite",
+    "udplite6",
+    "raw",
+    "raw6",
+    "icmp",
+    "icmp6",
+    "unix",
+    "packet",
+    "netlink",
+    "ip6_flowlabel",
+];
+
+/// A network namespace: its fd, and its `/proc/net` state files (opened through a process in it, so they keep
+/// showing that namespace) with what they read when it was new.
 #[derive(Debug)]
 pub(crate) struct Netns {
     ns: OwnedFd,
-    dev: File,
+    state: Vec<(File, Vec<u8>)>,
 }
 
 impl Netns {
-    /// The network namespace of the live process `pid` (a worker or a sandbox's init, just started).
-    pub(crate) fn of(pid: i32) -> io::Result<Netns> {
+    /// The network namespace of `pid`, a warm sandbox's init that has not had a job yet (so the namespace is as
+    /// it was made). The caller checks that the process was still alive, unreaped, after this returned (its pid
+    /// was not another's meanwhile).
+    pub(crate) fn of_new(pid: i32) -> io::Result<Netns> {
         let ns = File::open(format!("/proc/{pid}/ns/net"))?.into();
-        let dev = File::open(format!("/proc/{pid}/net/dev"))?;
-        Ok(Netns { ns, dev })
+        let mut state = Vec::with_capacity(STATE_FILES.len());
+        for name in STATE_FILES {
+            let Ok(file) = File::open(format!("/proc/{pid}/net/{name}")) else { continue };
+            let now = read_all(&file)?;
+            state.push((file, now));
+        }
+        if state.is_empty() {
+            return Err(io::Error::other("no /proc/net state to compare"));
+        }
+        Ok(Netns { ns, state })
     }
 
     /// An fd of the namespace, for [`crate::process::spawn::Command::join_network`].
@@ -50,18 +86,18 @@ impl Netns {
         self.ns.as_fd().try_clone_to_owned()
     }
 
-    /// Whether the loopback never passed a packet.
+    /// Whether every state file reads as it did when the namespace was new.
     fn untouched(&self) -> bool {
-        loopback_packets(&self.dev).is_ok_and(|packets| packets == 0)
+        self.state.iter().all(|(file, new)| read_all(file).is_ok_and(|now| now == *new))
     }
 }
 
-/// Packets received plus sent by `lo`, from a `/proc/net/dev` file.
-fn loopback_packets(dev: &File) -> io::Result<u64> {
+/// The whole of a `/proc` file, from its start.
+fn read_all(file: &File) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {
-        let n = dev.read_at(&mut buf[len..], len as u64)?;
+        let n = file.read_at(&mut buf[len..], len as u64)?;
         if n == 0 {
             break;
         }
@@ -70,15 +106,8 @@ fn loopback_packets(dev: &File) -> io::Result<u64> {
             buf.resize(len * 2, 0);
         }
     }
-    parse_loopback_packets(&String::from_utf8_lossy(&buf[..len]))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no `lo` line in /proc/net/dev"))
-}
-
-/// `lo:` rx bytes, rx packets, 6 more rx fields, tx bytes, tx packets, ...: the sum of the two packet counts.
-fn parse_loopback_packets(dev: &str) -> Option<u64> {
-    let line = dev.lines().find_map(|l| l.trim_start().strip_prefix("lo:"))?;
-    let fields: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
-    Some(fields.get(1)? + fields.get(9)?)
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// The namespaces ready for reuse.
@@ -110,21 +139,5 @@ impl NetPool {
         }
         spare.push(ns);
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_loopback_packets;
-
-    #[test]
-    fn the_loopback_line_is_read() {
-        let dev = "Inter-|   Receive                                                |  Transmit\n \
-                   face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
-                   lo:     140       2    0    0    0     0          0         0      140       3    0    0    0     0       0          0\n  \
-                   eth0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n";
-        assert_eq!(parse_loopback_packets(dev), Some(5));
-        assert_eq!(parse_loopback_packets("eth0: 1 2 3"), None);
-        assert_eq!(parse_loopback_packets("lo: 1 2"), None);
     }
 }

@@ -7,14 +7,16 @@
 //! can take: those of servers that are gone, whatever their binary was called and however many servers (PID 1
 //! of different containers, say) share the volume. A directory without a lock file is never removed.
 //!
-//! A job that leaves its directory empty and as it was made leaves it for the next job instead of to `rmdir`
+//! A job that leaves its directory empty and as it was made may leave it for the next job instead of to `rmdir`
 //! (renamed to `.spare-N` in the instance; the next job's is renamed from it and given its owner and mode):
 //! making a directory allocates an inode, which on some file systems costs far more than the few calls that
 //! check and rename one (on this project's CI machine, ext4 without a journal, each allocation scans past every
-//! inode freed in the last seconds: a third of the server's CPU at saturation; see BENCHMARKS.md). "As it was
-//! made": no entry, no extended attribute (so no ACL), the same inode flags and `fsxattr` (project, flags) as a
-//! new one; anything a job could set on its own directory and that would outlive a `chmod`/`chown` is one of
-//! those. Any other is removed as before.
+//! inode freed in the last seconds: a third of the server's CPU at saturation; see BENCHMARKS.md). Only where
+//! the job could not have handed an open fd of it to anyone (see `Containment::reusable`: a view into the next
+//! job's directory), and only once every process of the job is gone. It is first made the server's, mode
+//! 0700 (nobody else can add to it from then on), then checked: "as it was made" is no entry, no extended
+//! attribute (so no ACL), the same size, inode flags and `fsxattr` (project, flags) as a new one: anything a
+//! job could set on its own directory that would outlive a `chmod`/`chown`. Any other is removed as before.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -54,6 +56,8 @@ const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 /// errno, so that a file system without them compares equal to itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attributes {
+    /// The directory's size (a directory that once held many entries keeps its blocks on ext4).
+    size: u64,
     flags: Result<libc::c_long, i32>,
     fsxattr: Result<[u8; 28], i32>,
 }
@@ -74,15 +78,16 @@ fn attributes(dir: &std::fs::File) -> Option<Attributes> {
         let mut fsxattr = [0u8; 28];
         let fsxattr =
             if libc::ioctl(fd, FS_IOC_FSGETXATTR, fsxattr.as_mut_ptr()) == 0 { Ok(fsxattr) } else { Err(errno()) };
-        Some(Attributes { flags, fsxattr })
+        let size = dir.metadata().ok()?.len();
+        Some(Attributes { size, flags, fsxattr })
     }
 }
 
-/// Whether the open directory `dir` has no entry.
+/// Whether the open directory `dir` has no entry (one that cannot be read is not).
 fn is_empty(dir: &std::fs::File) -> bool {
     let Ok(fd) = dir.try_clone() else { return false };
     nix::dir::Dir::from_fd(fd.into())
-        .is_ok_and(|mut d| d.iter().flatten().all(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+        .is_ok_and(|mut d| d.iter().all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b".."))))
 }
 
 impl WorkRoot {
@@ -193,21 +198,26 @@ impl WorkRoot {
         else {
             return false;
         };
-        if !is_empty(&open) || attributes(&open) != self.fresh {
+        // The server's from now on, so that nobody can add to it; then checked.
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        if nix::unistd::fchown(&open, Some(uid), Some(gid)).is_err()
+            || nix::sys::stat::fchmod(&open, nix::sys::stat::Mode::from_bits_truncate(0o700)).is_err()
+            || !is_empty(&open)
+            || attributes(&open) != self.fresh
+        {
             return false;
         }
+        // Its times would tell when the last job last changed it.
+        // SAFETY: `open` is an open fd; a null `times` sets both to now.
+        unsafe { libc::futimens(open.as_raw_fd(), std::ptr::null()) };
         drop(open);
         let spare = self.dir.join(format!(".spare-{}", self.spare_seq.fetch_add(1, Ordering::Relaxed)));
         if std::fs::rename(dir, &spare).is_err() {
             return false;
         }
-        let mut spares = self.spares();
-        if spares.len() < SPARES {
-            spares.push(spare);
-            return true;
-        }
-        drop(spares);
-        std::fs::remove_dir(&spare).is_ok()
+        // (Kept even if the pool filled meanwhile: it is removed with the others at exit.)
+        self.spares().push(spare);
+        true
     }
 
     /// Removes this server's (empty) directory and its lock file, at a clean exit.

@@ -469,7 +469,6 @@ impl Jobs {
         );
         self.metrics.started.inc();
         let Spawned { pid, io, stdio_links, registration, init_report } = spawned;
-        container.note_network(pid);
         // In a pid namespace, the init's report is the program's end: it comes once the program's tree is dead
         // and reaped, before the init itself exits (its namespace's teardown is then off the call's path).
         // Without it (the init was killed), the reaper's word on the init stands. `init_gone` tells when the

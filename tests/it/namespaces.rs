@@ -327,10 +327,12 @@ own = socket.socket(); own.bind(('127.0.0.1', 0)); own.listen()\n\
 c = socket.create_connection(own.getsockname(), timeout=2); a, _ = own.accept(); a.close(); c.close()\n";
 
 /// Runs `job` (a probe printing `netns COOKIE up|down PACKETS`) and returns the cookie, checking that the
-/// namespace it got looked new: loopback up, no packet passed before the job's own.
+/// namespace it got looked new: loopback up, no packet passed before the job's own (`own`: their count, or
+/// `None` for some).
 async fn netns_of(
     client: &mut pb::executor_client::ExecutorClient<tonic::transport::Channel>,
     start: pb::StartJob,
+    own: Option<&str>,
 ) -> u64 {
     let out = run(client, start).await;
     let text = out.stdout_text();
@@ -338,6 +340,10 @@ async fn netns_of(
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(fields[1], "up", "the job's loopback is down: {out:?}");
+    match own {
+        Some(own) => assert_eq!(fields[2], own, "packets before the job's own: {out:?}"),
+        None => assert_ne!(fields[2], "0", "the job's own traffic is not counted: {out:?}"),
+    }
     fields[0].parse().expect("cookie")
 }
 
@@ -350,28 +356,36 @@ async fn a_network_namespace_is_reused_only_as_it_was_made() {
     }
     let clean = || raw(&["python3", "-c", NETNS_PROBE]);
     let busy = || raw(&["python3", "-c", &format!("{NETNS_PROBE_AFTER_TRAFFIC}{NETNS_PROBE}")]);
-    for warm in ["2", "0"] {
-        let toml = format!(
-            "allow_raw_commands = true\nwarm_sandboxes = {warm}\n[[job]]\nname = \"as-root\"\nuser = \"root\"\ncommand = [\"python3\", \"-c\", {NETNS_PROBE:?}]\n"
-        );
-        let server = TestServer::with_config(&toml, &[]);
-        let mut client = server.client().await;
-        // Jobs that leave their namespace as they found it share a few namespaces, each found pristine (the
-        // packet count a probe prints is its own: none before it).
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..8 {
-            seen.insert(netns_of(&mut client, clean()).await);
-        }
-        assert!(seen.len() <= 4, "{warm} warm sandboxes: no namespace was reused: {seen:?}");
-        // A namespace whose loopback passed packets, or that a root job had, is never seen again.
-        let mut spent = std::collections::HashSet::new();
-        for _ in 0..3 {
-            spent.insert(netns_of(&mut client, busy()).await);
-            spent.insert(netns_of(&mut client, job("as-root", &[])).await);
-        }
-        for _ in 0..8 {
-            let cookie = netns_of(&mut client, clean()).await;
-            assert!(!spent.contains(&cookie), "{warm} warm sandboxes: a used namespace came back: {cookie}");
-        }
+    let catalog = format!(
+        "allow_raw_commands = true\n[[job]]\nname = \"as-root\"\nuser = \"root\"\ncommand = [\"python3\", \"-c\", {NETNS_PROBE:?}]\n"
+    );
+    // Where jobs have nowhere to hand another job anything of their namespace (a read-only root), jobs that
+    // leave it as they found it share a few namespaces, each found pristine.
+    let server = TestServer::with_config(&format!("{catalog}[isolation]\nread_only_root = true\n"), &[]);
+    let mut client = server.client().await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        seen.insert(netns_of(&mut client, clean(), Some("0")).await);
+    }
+    assert!(seen.len() <= 4, "no namespace was reused: {seen:?}");
+    // A namespace whose loopback passed packets, or that a root job had, is never seen again.
+    let mut spent = std::collections::HashSet::new();
+    for _ in 0..3 {
+        spent.insert(netns_of(&mut client, busy(), None).await);
+        spent.insert(netns_of(&mut client, job("as-root", &[]), Some("0")).await);
+    }
+    for _ in 0..8 {
+        let cookie = netns_of(&mut client, clean(), Some("0")).await;
+        assert!(!spent.contains(&cookie), "a used namespace came back: {cookie}");
+    }
+    drop(client);
+    drop(server);
+    // With a writable root (the default), where a job could hand a socket or an open /proc/net file to another
+    // job, every job gets a new one.
+    let server = TestServer::with_config(&catalog, &[]);
+    let mut client = server.client().await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        assert!(seen.insert(netns_of(&mut client, clean(), Some("0")).await), "reused with a writable root: {seen:?}");
     }
 }
