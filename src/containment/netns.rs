@@ -29,8 +29,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-/// Most namespaces kept for reuse; more are dropped.
-const CAPACITY: usize = 32;
+/// Most namespaces kept for reuse; more are dropped. Each holds its fd and up to 18 open `/proc/net` files.
+const CAPACITY: usize = 8;
 
 /// The `/proc/net` files compared with their new namespace's: socket tables, flow labels, counters. (A file
 /// the kernel does not have is left out.)
