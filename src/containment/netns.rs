@@ -15,10 +15,9 @@
 //!   by uid 0 of the namespace's owner even without capabilities) or `CAP_NET_ADMIN` can change its
 //!   configuration, and the seccomp filter refuses `setns`/`unshare` anyway;
 //! - its pid namespace's init was reaped: every process of the job is gone;
-//! - every socket table of the namespace (`tcp`, `udp`, `raw`, `unix`, `packet`, ... in `/proc/net`), its IPv6
-//!   flow labels and every counter (`dev`, `snmp`, `snmp6`, `netstat`) read exactly as they did when the
-//!   namespace was new: no socket outlives the job (a TCP `TIME_WAIT` would refuse the next job a `bind`), and
-//!   no counter tells the next job anything about this one.
+//! - its counters (`dev`, `snmp`, `snmp6`, `netstat`), its unix, packet and netlink sockets and its IPv6 flow
+//!   labels read exactly as they did when the namespace was new: no connection was made (a TCP `TIME_WAIT` would
+//!   refuse the next job a `bind`), nothing lingers, and no counter tells the next job anything about this one.
 //!
 //! Anything else (a job that used its network, a root job, an init that did not go in time, a full pool) drops
 //! the namespace; the kernel frees it once nothing holds it.
@@ -29,31 +28,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-/// Most namespaces kept for reuse; more are dropped. Each holds its fd and up to 18 open `/proc/net` files.
+/// Most namespaces kept for reuse; more are dropped. Each holds its fd and up to 8 open `/proc/net` files.
 const CAPACITY: usize = 8;
 
-/// The `/proc/net` files compared with their new namespace's: socket tables, flow labels, counters. (A file
-/// the kernel does not have is left out.)
-const STATE_FILES: [&str; 18] = [
-    "dev",
-    "snmp",
-    "snmp6",
-    "netstat",
-    "tcp",
-    "tcp6",
-    "udp",
-    "udp6",
-    "udplite",
-    "udplite6",
-    "raw",
-    "raw6",
-    "icmp",
-    "icmp6",
-    "unix",
-    "packet",
-    "netlink",
-    "ip6_flowlabel",
-];
+/// The `/proc/net` files compared with their new namespace's: counters, unix, packet and netlink sockets, IPv6
+/// flow labels. (Not the TCP, UDP and raw socket tables: reading one walks the whole host's hash table, about
+/// a millisecond each. A socket of those kinds that outlived the job would need a process holding it, and none
+/// of the job's is left nor could it have handed one on; and no such socket came and went without moving the
+/// counters.) A file the kernel does not have is left out.
+const STATE_FILES: [&str; 8] = ["dev", "snmp", "snmp6", "netstat", "unix", "packet", "netlink", "ip6_flowlabel"];
 
 /// A network namespace: its fd, and its `/proc/net` state files (opened through a process in it, so they keep
 /// showing that namespace) with what they read when it was new.
