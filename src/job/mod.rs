@@ -538,7 +538,7 @@ impl Jobs {
         let eof_key = terminal.clone().map(|t| (t, stdin_closed.clone()));
         let stdin = stdin_fd.map(|fd| tokio::spawn(stdio::feed_stdin(fd, stdin_rx, eof_key)));
 
-        let killer = GroupKiller::new(Arc::clone(&self.registry), pid);
+        let killer = GroupKiller::new(Arc::clone(&self.registry), pid, init_gone.is_some());
         // Should this task ever unwind before its worker is reaped, the worker must not outlive the call.
         let mut kill_on_unwind = KillOnDrop(Some(killer.clone()));
         let supervisor =

@@ -9,6 +9,14 @@
 //!
 //! Ending a job is SIGTERM then SIGCONT (a stopped process must run to see the SIGTERM), then SIGKILL once
 //! the grace period is over; a grace of zero is SIGKILL at once.
+//!
+//! In a pid namespace the worker is forkpool's init. SIGKILL goes to its children (the program, and orphans
+//! reparented to it), each through a pidfd opened while it was the init's child (a stranger that reused the
+//! number is never hit): the init then kills whatever is left in the namespace, reaps it all and reports, as
+//! when the program exits by itself, and every pid of the job is gone within a few hundred microseconds.
+//! Killing the init instead leaves the reaping to the kernel's teardown of the dying init, after its mount
+//! namespace's (measured: 4.5 ms from the SIGKILL to the init's reaping). Should the init not be reaped within
+//! [`INIT_BACKSTOP`], it is killed too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,21 +25,27 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::procfs::{holds_stdio, server_children};
+use super::procfs::{ProcStat, holds_stdio, server_children};
 use super::registry::Registry;
 use super::signal::signal_group;
+
+/// How long a pid namespace's init has, once its children are SIGKILLed, to end the rest and be reaped before
+/// it is SIGKILLed itself.
+const INIT_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Signals one job's group, only while its worker is alive (unreaped).
 #[derive(Debug, Clone)]
 pub(crate) struct GroupKiller {
     registry: Arc<Registry>,
     pgid: i32,
+    /// The worker is a pid namespace's init (see the module's docs).
+    init: bool,
 }
 
 impl GroupKiller {
-    /// A killer for the group led by worker `pgid`.
-    pub(crate) fn new(registry: Arc<Registry>, pgid: i32) -> Self {
-        GroupKiller { registry, pgid }
+    /// A killer for the group led by worker `pgid`; `init`: the worker is forkpool's init of a pid namespace.
+    pub(crate) fn new(registry: Arc<Registry>, pgid: i32, init: bool) -> Self {
+        GroupKiller { registry, pgid, init }
     }
 
     /// Sends `sig` to the job's group if its worker is still unreaped. Returns whether it was sent.
@@ -53,11 +67,48 @@ impl GroupKiller {
         Some(Instant::now().checked_add(grace).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)))
     }
 
-    /// SIGKILL to the job's group.
+    /// SIGKILL to the job's group; in a pid namespace, to the init's children, the init's own after
+    /// [`INIT_BACKSTOP`] if it is still there (at once outside a runtime).
     pub(crate) fn kill(&self) {
+        if self.init && self.kill_init_children() {
+            info!("sent SIGKILL to the job's program (its init ends the rest)");
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let backstop = self.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(INIT_BACKSTOP).await;
+                    if backstop.signal(Signal::SIGKILL) {
+                        info!("the job's init was still there {INIT_BACKSTOP:?} after its program's SIGKILL: killed");
+                    }
+                });
+                return;
+            }
+        }
         if self.signal(Signal::SIGKILL) {
             info!("sent SIGKILL to the job's group");
         }
+    }
+
+    /// SIGKILL to every child of the init (while it is unreaped); whether one was sent.
+    fn kill_init_children(&self) -> bool {
+        self.registry
+            .with_live_worker(self.pgid, |init| {
+                let Ok(list) = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")) else {
+                    return false;
+                };
+                let mut sent = false;
+                for pid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    let Some(pid) = rustix::process::Pid::from_raw(pid) else { continue };
+                    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+                        continue;
+                    };
+                    // Pinned by the pidfd, and still the init's child: not a stranger with a reused number.
+                    if ProcStat::read(pid.as_raw_nonzero().get()).is_some_and(|s| s.ppid == init) {
+                        sent |= rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL).is_ok();
+                    }
+                }
+                sent
+            })
+            .unwrap_or(false)
     }
 }
 

@@ -389,3 +389,25 @@ async fn a_network_namespace_is_reused_only_as_it_was_made() {
         assert!(seen.insert(netns_of(&mut client, clean(), Some("0")).await), "reused with a writable root: {seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_job_is_ended_by_its_init_which_reaps_and_reports_the_rest() {
+    if !root("a root server (namespaces)") {
+        return;
+    }
+    let tag = unique_tag(93);
+    let server = TestServer::start(&["--allow-raw-commands"]);
+    let mut client = server.client().await;
+    // A timeout with no grace: SIGKILL. It goes to the program (the init's child), not the init, which then kills
+    // the two sleepers, reaps them and reports them: killing the init would have left the reaping to the
+    // kernel's teardown of the namespace, and no report.
+    let mut start = sh(&format!("sleep {tag} & sleep {tag} & echo ready; wait"));
+    start.timeout = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    start.kill_grace = Some(prost_types::Duration { seconds: 0, nanos: 0 });
+    let out = run(&mut client, start).await;
+    let exited = out.exited.clone().expect("exited");
+    assert_eq!(exited.status, Some(pb::exited::Status::Signal(libc::SIGKILL)), "{out:?}");
+    assert_eq!(exited.reaped.iter().filter(|r| r.name == "sleep").count(), 2, "{:?}", exited.reaped);
+    assert!(tagged(&tag).is_empty(), "the sleepers outlived their job: {:?}", tagged(&tag));
+    assert!(server.children().is_empty(), "a job process is left: {:?}", server.children());
+}
