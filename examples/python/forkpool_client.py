@@ -7,7 +7,9 @@ contract. Usage: python3 forkpool_client.py --server 127.0.0.1:50051
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +24,8 @@ PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
 def load_stubs():
     """Generates forkpool_pb2 / forkpool_pb2_grpc into a temporary directory and imports them."""
     out = tempfile.mkdtemp(prefix="forkpool-stubs-")
+    # Imported once; the files are not needed after this process.
+    atexit.register(shutil.rmtree, out, True)
     include = Path(protoc.__file__).parent / "_proto"
     status = protoc.main([
         "protoc",

@@ -5,9 +5,11 @@ forkpool-init beside it) on ephemeral ports, each with a small pool. Which repli
 /proc tree: a job's processes descend from the replica's server process (server -> forkpool-init -> job).
 """
 
+import atexit
 import json
 import os
 import queue as queues
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +34,8 @@ PROTO_ROOT = REPO / "proto"
 def _load_stubs():
     """Generates forkpool_pb2 / forkpool_pb2_grpc from proto/ into a temporary directory and imports them."""
     out = tempfile.mkdtemp(prefix="forkpool-stubs-")
+    # Imported once; the files are not needed after this process.
+    atexit.register(shutil.rmtree, out, True)
     include = Path(protoc.__file__).parent / "_proto"
     status = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}",
                           f"--grpc_python_out={out}", str(PROTO_ROOT / "forkpool/v1/forkpool.proto")])

@@ -45,6 +45,7 @@ impl TestServer {
 
     /// [`TestServer::with_config`], with `env` added to the server's environment.
     pub fn with_config_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        super::sweep_stale_test_dirs();
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("config-{}-{n}.toml", std::process::id()));

@@ -73,7 +73,31 @@ impl Mode {
 }
 
 /// A fresh working-directory root for the test `name` in `mode`.
+/// Removes the test directories (`forkpool-test-…-PID`, in the temporary directory and `/var/tmp`) of test
+/// processes that are gone: a run leaves its own behind, the next one takes them away. Once per process.
+pub fn sweep_stale_test_dirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for base in [std::env::temp_dir(), std::path::PathBuf::from("/var/tmp")] {
+            let Ok(entries) = std::fs::read_dir(&base) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name.strip_prefix("forkpool-test-").and_then(|rest| rest.rsplit('-').next()) else {
+                    continue;
+                };
+                let gone = pid.parse::<u32>().is_ok_and(|pid| {
+                    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if gone {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    });
+}
+
 pub fn fresh_work_root(prefix: &str, name: &str, mode: Mode) -> std::path::PathBuf {
+    sweep_stale_test_dirs();
     // Under the system's temporary directory, not the checkout: jobs run as dynamic users, who must be able to
     // reach their directories (a checkout under /root is not reachable).
     let dir = std::env::temp_dir().join(format!("forkpool-test-{prefix}-{name}-{mode:?}-{}", std::process::id()));
