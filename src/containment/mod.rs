@@ -282,8 +282,11 @@ impl Containment {
     /// own directory, `/tmp` and `/dev/shm` (`read_only_root`), so no place where it could hand another job a
     /// socket or an open file of its namespace or directory, which would keep a view into the next job's use of
     /// them.
+    /// Other jobs' directories must be out of sight too (the work root under the private `/tmp` or `/dev/shm`,
+    /// as by default): else a job could open its own to others and listen there.
     fn reusable(&self, ns: Namespaces) -> bool {
-        ns.no_network && ns.pid && ns.private_tmp && ns.read_only_root && !ns.user && self.drops_capabilities
+        let hidden = ["/tmp", "/dev/shm"].iter().any(|dir| self.work_root.path().starts_with(dir));
+        ns.no_network && ns.pid && ns.private_tmp && ns.read_only_root && !ns.user && self.drops_capabilities && hidden
     }
 
     /// Makes the job's cgroup (cgroup mode), with its limits, and takes a reusable network namespace for it
@@ -300,6 +303,12 @@ impl Containment {
     /// A reusable network namespace for a warm sandbox of `shape`, if one is ready.
     pub(crate) fn spare_network(&self, shape: &WarmShape) -> Option<netns::Netns> {
         self.reusable_shape(shape).then(|| self.nets.take()).flatten()
+    }
+
+    /// The network namespace of the waiting init `pid` of a new warm sandbox, opened while the registry holds it
+    /// unreaped (so the number is its own).
+    pub(crate) fn new_network_of(&self, pid: i32) -> Option<netns::Netns> {
+        self.registry.with_live_worker(pid, |pid| netns::Netns::of_new(pid).ok()).flatten()
     }
 
     /// Whether the jobs of sandboxes of `shape` may leave their network namespaces for reuse.

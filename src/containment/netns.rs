@@ -15,8 +15,8 @@
 //!   by uid 0 of the namespace's owner even without capabilities) or `CAP_NET_ADMIN` can change its
 //!   configuration, and the seccomp filter refuses `setns`/`unshare` anyway;
 //! - its pid namespace's init was reaped: every process of the job is gone;
-//! - its counters (`dev`, `snmp`, `snmp6`, `netstat`), its unix, packet and netlink sockets and its IPv6 flow
-//!   labels read exactly as they did when the namespace was new: no connection was made (a TCP `TIME_WAIT` would
+//! - its counters (`dev`, `snmp`, `snmp6`, `netstat`), its sockets in use (`sockstat`), its unix, packet and
+//!   netlink sockets and its IPv6 flow labels read exactly as they did when the namespace was new: no connection was made (a TCP `TIME_WAIT` would
 //!   refuse the next job a `bind`), nothing lingers, and no counter tells the next job anything about this one.
 //!
 //! Anything else (a job that used its network, a root job, an init that did not go in time, a full pool) drops
@@ -36,14 +36,36 @@ const CAPACITY: usize = 8;
 /// a millisecond each. A socket of those kinds that outlived the job would need a process holding it, and none
 /// of the job's is left nor could it have handed one on; and no such socket came and went without moving the
 /// counters.) A file the kernel does not have is left out.
-const STATE_FILES: [&str; 8] = ["dev", "snmp", "snmp6", "netstat", "unix", "packet", "netlink", "ip6_flowlabel"];
+const STATE_FILES: [&str; 10] =
+    ["dev", "snmp", "snmp6", "netstat", "unix", "packet", "netlink", "ip6_flowlabel", "sockstat", "sockstat6"];
+
+/// What is compared of a state file: all of it, but for `sockstat`/`sockstat6`, whose other figures are the
+/// host's, only each protocol's sockets in use in this namespace (a socket no process holds, such as one an
+/// io_uring ring being torn down still has, shows there).
+fn comparable(name: &str, content: Vec<u8>) -> Vec<u8> {
+    if !name.starts_with("sockstat") {
+        return content;
+    }
+    let text = String::from_utf8_lossy(&content);
+    let mut kept = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(protocol) = words.next() else { continue };
+        while let Some(word) = words.next() {
+            if word == "inuse" {
+                kept.push_str(&format!("{protocol} {}\n", words.next().unwrap_or_default()));
+            }
+        }
+    }
+    kept.into_bytes()
+}
 
 /// A network namespace: its fd, and its `/proc/net` state files (opened through a process in it, so they keep
 /// showing that namespace) with what they read when it was new.
 #[derive(Debug)]
 pub(crate) struct Netns {
     ns: OwnedFd,
-    state: Vec<(File, Vec<u8>)>,
+    state: Vec<(&'static str, File, Vec<u8>)>,
 }
 
 impl Netns {
@@ -55,8 +77,8 @@ impl Netns {
         let mut state = Vec::with_capacity(STATE_FILES.len());
         for name in STATE_FILES {
             let Ok(file) = File::open(format!("/proc/{pid}/net/{name}")) else { continue };
-            let now = read_all(&file)?;
-            state.push((file, now));
+            let now = comparable(name, read_all(&file)?);
+            state.push((name, file, now));
         }
         if state.is_empty() {
             return Err(io::Error::other("no /proc/net state to compare"));
@@ -71,7 +93,7 @@ impl Netns {
 
     /// Whether every state file reads as it did when the namespace was new.
     fn untouched(&self) -> bool {
-        self.state.iter().all(|(file, new)| read_all(file).is_ok_and(|now| now == *new))
+        self.state.iter().all(|(name, file, new)| read_all(file).is_ok_and(|now| comparable(name, now) == *new))
     }
 }
 
@@ -122,5 +144,17 @@ impl NetPool {
         }
         spare.push(ns);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparable;
+
+    #[test]
+    fn only_the_namespace_s_own_sockstat_figures_are_compared() {
+        let sockstat = b"sockets: used 291\nTCP: inuse 0 orphan 0 tw 0 alloc 12 mem 3\nUDP: inuse 1 mem 2\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n";
+        assert_eq!(comparable("sockstat", sockstat.to_vec()), b"TCP: 0\nUDP: 1\nRAW: 0\nFRAG: 0\n".to_vec());
+        assert_eq!(comparable("snmp", b"Ip: 1 2\n".to_vec()), b"Ip: 1 2\n".to_vec());
     }
 }

@@ -483,18 +483,23 @@ impl Jobs {
                     let report = InitReport::watch(fd).await;
                     orphans.inc_by(report.orphans.len() as u64 + report.dropped.min(1 << 20));
                     reaps.record(report.orphans);
-                    match report.program {
+                    // (`gone` only once the reaper has the init: not when its channel merely closed.)
+                    let reaped = match report.program {
                         Some(exit) => {
                             let _ = exit_tx.send(exit);
-                            let _ = exit_rx.await;
+                            exit_rx.await.is_ok()
                         }
-                        None => {
-                            if let Ok(exit) = exit_rx.await {
+                        None => match exit_rx.await {
+                            Ok(exit) => {
                                 let _ = exit_tx.send(exit);
+                                true
                             }
-                        }
+                            Err(_) => false,
+                        },
+                    };
+                    if reaped {
+                        let _ = gone_tx.send(());
                     }
-                    let _ = gone_tx.send(());
                 });
                 (merged, Some(gone))
             }

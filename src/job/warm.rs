@@ -162,14 +162,9 @@ impl WarmPool {
         match spawner.stage(command, entry).await {
             Ok(staged) => {
                 debug!(pid = staged.pid, reused_network = net.is_some(), "warm sandbox ready");
-                let mut exit = exit;
                 if own_network && net.is_none() && containment.reusable_shape(&self.shape) {
-                    // Its init waits for a job: its namespace is as made. Still unreaped after the opens, the
-                    // pid was its own throughout.
-                    net = Netns::of_new(staged.pid).ok();
-                    if !matches!(exit.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
-                        net = None;
-                    }
+                    // Its init waits for a job: its namespace is as made.
+                    net = containment.new_network_of(staged.pid);
                 }
                 Ok(Sandbox { staged, cgroup, net, exit, reaps })
             }

@@ -70,31 +70,36 @@ impl GroupKiller {
     /// SIGKILL to the job's group; in a pid namespace, to the init's children, the init's own after
     /// [`INIT_BACKSTOP`] if it is still there (at once outside a runtime).
     pub(crate) fn kill(&self) {
-        if self.init && self.kill_init_children() {
+        if self.init
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(init) = self.kill_init_children()
+        {
             info!("sent SIGKILL to the job's program (its init ends the rest)");
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let backstop = self.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(INIT_BACKSTOP).await;
-                    if backstop.signal(Signal::SIGKILL) {
-                        info!("the job's init was still there {INIT_BACKSTOP:?} after its program's SIGKILL: killed");
-                    }
-                });
-                return;
-            }
+            // Through a pidfd of the init, opened while it was unreaped: once reaped, its number may be a new
+            // worker's, which must not be hit (the pidfd then only says ESRCH).
+            runtime.spawn(async move {
+                tokio::time::sleep(INIT_BACKSTOP).await;
+                if rustix::process::pidfd_send_signal(&init, rustix::process::Signal::KILL).is_ok() {
+                    info!("the job's init was still there {INIT_BACKSTOP:?} after its program's SIGKILL: killed");
+                }
+            });
+            return;
         }
         if self.signal(Signal::SIGKILL) {
             info!("sent SIGKILL to the job's group");
         }
     }
 
-    /// SIGKILL to every child of the init (while it is unreaped); whether one was sent.
-    fn kill_init_children(&self) -> bool {
+    /// SIGKILL to every child of the init (while it is unreaped); a pidfd of the init if one was sent.
+    fn kill_init_children(&self) -> Option<std::os::fd::OwnedFd> {
         self.registry
             .with_live_worker(self.pgid, |init| {
-                let Ok(list) = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")) else {
-                    return false;
-                };
+                let init_fd = rustix::process::pidfd_open(
+                    rustix::process::Pid::from_raw(init)?,
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .ok()?;
+                let list = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
                 let mut sent = false;
                 for pid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                     let Some(pid) = rustix::process::Pid::from_raw(pid) else { continue };
@@ -106,9 +111,9 @@ impl GroupKiller {
                         sent |= rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL).is_ok();
                     }
                 }
-                sent
+                sent.then_some(init_fd)
             })
-            .unwrap_or(false)
+            .flatten()
     }
 }
 

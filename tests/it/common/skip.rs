@@ -72,12 +72,37 @@ impl Mode {
     }
 }
 
-/// A fresh working-directory root for the test `name` in `mode`.
+/// This test process's run lock, `forkpool-test-run-PID.lock` in the temporary directory, locked (`flock`) for
+/// as long as the process lives: how another test process, perhaps in another pid namespace sharing the
+/// directory, knows this one's directories are in use.
+fn hold_run_lock() {
+    static HELD: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("forkpool-test-run-{}.lock", std::process::id()));
+        let file = std::fs::File::create(path).ok()?;
+        // SAFETY: flock on an fd this function owns.
+        let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+        (locked == 0).then_some(file)
+    });
+}
+
+/// Whether the test process `pid` is gone: its run lock exists and nobody holds it (a directory without one,
+/// from before run locks, is left alone).
+fn run_gone(pid: &str) -> bool {
+    let path = std::env::temp_dir().join(format!("forkpool-test-run-{pid}.lock"));
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    // SAFETY: flock on an fd this function owns; the lock goes with it.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Removes the test directories (`forkpool-test-…-PID`, in the temporary directory and `/var/tmp`) of test
-/// processes that are gone: a run leaves its own behind, the next one takes them away. Once per process.
+/// processes that are gone (see [`hold_run_lock`]), then their run locks: a run leaves its own behind, the next
+/// one takes them away. Once per process.
 pub fn sweep_stale_test_dirs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        hold_run_lock();
+        let mut gone_runs = std::collections::BTreeSet::new();
         for base in [std::env::temp_dir(), std::path::PathBuf::from("/var/tmp")] {
             let Ok(entries) = std::fs::read_dir(&base) else { continue };
             for entry in entries.flatten() {
@@ -85,17 +110,19 @@ pub fn sweep_stale_test_dirs() {
                 let Some(pid) = name.strip_prefix("forkpool-test-").and_then(|rest| rest.rsplit('-').next()) else {
                     continue;
                 };
-                let gone = pid.parse::<u32>().is_ok_and(|pid| {
-                    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                });
-                if gone {
+                if pid.parse::<u32>().is_ok_and(|p| p != std::process::id()) && run_gone(pid) {
                     let _ = std::fs::remove_dir_all(entry.path());
+                    gone_runs.insert(pid.to_string());
                 }
             }
+        }
+        for pid in gone_runs {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!("forkpool-test-run-{pid}.lock")));
         }
     });
 }
 
+/// A fresh working-directory root for the test `name` in `mode`: `<temp>/forkpool-test-<prefix>-<name>-<mode>-<pid>/work`.
 pub fn fresh_work_root(prefix: &str, name: &str, mode: Mode) -> std::path::PathBuf {
     sweep_stale_test_dirs();
     // Under the system's temporary directory, not the checkout: jobs run as dynamic users, who must be able to
