@@ -77,10 +77,16 @@ impl GroupKiller {
             info!("sent SIGKILL to the job's program (its init ends the rest)");
             // Through a pidfd of the init, opened while it was unreaped: once reaped, its number may be a new
             // worker's, which must not be hit (the pidfd then only says ESRCH).
+            // The pidfd is held only until the init exits (it becomes readable then), not for the whole wait.
             runtime.spawn(async move {
-                tokio::time::sleep(INIT_BACKSTOP).await;
-                if rustix::process::pidfd_send_signal(&init, rustix::process::Signal::KILL).is_ok() {
-                    info!("the job's init was still there {INIT_BACKSTOP:?} after its program's SIGKILL: killed");
+                let Ok(init) = crate::process::spawn::watch(init) else { return };
+                tokio::select! {
+                    _ = init.readable() => {}
+                    () = tokio::time::sleep(INIT_BACKSTOP) => {
+                        if rustix::process::pidfd_send_signal(init.get_ref(), rustix::process::Signal::KILL).is_ok() {
+                            info!("the job's init was still there {INIT_BACKSTOP:?} after its program's SIGKILL: killed");
+                        }
+                    }
                 }
             });
             return;
