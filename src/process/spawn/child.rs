@@ -102,7 +102,7 @@ pub(super) enum FsOp {
     SetAttr { path: *const c_char, set: u64, clr: u64 },
 }
 
-use super::init::warm::{CapData, CapHeader};
+use super::init::warm::{CapData, CapHeader, drop_bounding_set};
 pub(super) use super::init::{
     EXEC_STEP, FORK_STEP, INIT_REPORT_FD, INIT_SPAWN_REPORT_FD, WARM_REQUEST_FD, WARM_ROOT_FD,
 };
@@ -359,17 +359,8 @@ unsafe fn child_main(plan: ChildPlan) -> ! {
         // 7. No privilege can be gained from here on (setuid binaries, file capabilities), and, from a root
         //    server, none kept but what the job's config names: the bounding set limits what even a root job
         //    gets at exec. Needs CAP_SETPCAP, so before the user switch.
-        if plan.drop_capabilities {
-            for cap in 0..=plan.cap_last {
-                let kept = cap < 64 && plan.keep_caps & (1u64 << cap) != 0;
-                if !kept && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
-                    // Past the kernel's last capability: done.
-                    if *libc::__errno_location() == libc::EINVAL {
-                        break;
-                    }
-                    fail(plan.report, 10);
-                }
-            }
+        if plan.drop_capabilities && drop_bounding_set(plan.keep_caps, plan.cap_last).is_err() {
+            fail(plan.report, 10);
         }
         //    The inheritable and ambient sets need no privilege to shrink, and could hand capabilities to a root
         //    job at exec whatever the bounding set says (kernels before 4.3 have no ambient set: EINVAL). (A

@@ -440,14 +440,28 @@ pub(crate) mod warm {
     /// Empties the capability bounding set (the init keeps its own capabilities: the set only bounds what an
     /// exec may give). Returns whether it is empty.
     pub(super) fn empty_bounding_set() -> bool {
-        for cap in 0..64 {
-            // SAFETY: a plain prctl.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
-                // Past the kernel's last capability: done.
-                return errno() == libc::EINVAL && cap > 0;
+        // SAFETY: prctl only.
+        unsafe { drop_bounding_set(0, 63) }.is_ok()
+    }
+
+    /// Drops every capability up to `last` from the bounding set but those in `keep` (bit N = capability N);
+    /// past the kernel's last capability (EINVAL) it is done. The errno of a failed drop otherwise.
+    ///
+    /// # Safety
+    /// Async-signal-safe (prctl, errno): the worker's child calls it between clone and exec.
+    pub(crate) unsafe fn drop_bounding_set(keep: u64, last: libc::c_int) -> Result<(), libc::c_int> {
+        for cap in 0..=last.min(63) {
+            // SAFETY: a plain prctl; errno is this thread's.
+            unsafe {
+                if keep & (1u64 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                    match *libc::__errno_location() {
+                        libc::EINVAL => break,
+                        errno => return Err(errno),
+                    }
+                }
             }
         }
-        true
+        Ok(())
     }
 
     /// Waits for the job; `Ok(None)` when the server closed the socket instead. `bounding_empty`: the
@@ -668,15 +682,8 @@ pub(crate) mod warm {
         // poll with a local: plain system calls in a single-threaded process.
         unsafe {
             if header.flags & DROP_CAPABILITIES != 0 && !bounding_empty {
-                for cap in 0..=header.cap_last.min(63) {
-                    let kept = header.keep_caps & (1u64 << cap) != 0;
-                    if !kept && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
-                        if errno() == libc::EINVAL {
-                            break;
-                        }
-                        return Err((PRIVILEGES_STEP, errno()));
-                    }
-                }
+                drop_bounding_set(header.keep_caps, header.cap_last as libc::c_int)
+                    .map_err(|errno| (PRIVILEGES_STEP, errno))?;
             }
             libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
             let mut cap_header = CapHeader { version: 0x2008_0522, pid: 0 };
