@@ -281,9 +281,8 @@ impl Containment {
     /// namespace of its own (no abstract unix socket shared with another job); and nowhere writable but its
     /// own directory, `/tmp` and `/dev/shm` (`read_only_root`), so no place where it could hand another job a
     /// socket or an open file of its namespace or directory, which would keep a view into the next job's use of
-    /// them.
-    /// Other jobs' directories must be out of sight too (the work root under the private `/tmp` or `/dev/shm`,
-    /// as by default): else a job could open its own to others and listen there.
+    /// them. Other jobs' directories must be out of sight too (the work root under the private `/tmp` or
+    /// `/dev/shm`, as by default): else a job could open its own to others and listen there.
     fn reusable(&self, ns: Namespaces) -> bool {
         let hidden = ["/tmp", "/dev/shm"].iter().any(|dir| self.work_root.path().starts_with(dir));
         ns.no_network && ns.pid && ns.private_tmp && ns.read_only_root && !ns.user && self.drops_capabilities && hidden
@@ -374,17 +373,22 @@ impl Containment {
             env.insert("HOME".into(), container.cwd.display().to_string());
         }
         let enforces = |limit| self.cgroups.as_ref().is_some_and(|tree| tree.enforces(limit));
-        let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
         let ns = self.namespaces_for(plan);
         let command = Command::new(&plan.argv, &env)?
             .cwd(&container.cwd)?
-            .cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?
-            .join_cgroups(&v1_procs)?
             .rlimits(self.limits_for(plan).rlimits(enforces("memory"), enforces("pids")))
             .user(plan.ids)
             .privileges(self.drops_capabilities || ns.user, plan.keep_capabilities)
             .namespaces(ns)?
             .terminal(plan.terminal.map(|t| TerminalSpec { rows: t.rows, cols: t.cols, echo: t.echo }));
+        self.place(command, container)
+    }
+
+    /// Puts `command` (from [`Containment::command`], not placed yet) into `container`'s cgroups and its reused
+    /// network namespace, where it has them: for a cold start, whose cgroup is made after the command.
+    pub(crate) fn place(&self, command: Command, container: &JobContainer) -> Result<Command, SpawnError> {
+        let v1_procs = container.cgroup.as_ref().map(JobCgroup::v1_procs_files).unwrap_or_default();
+        let command = command.cgroup(container.cgroup.as_ref().map(JobCgroup::dir))?.join_cgroups(&v1_procs)?;
         // (Without a spare fd, a new namespace.)
         Ok(match container.net.as_ref().and_then(|net| net.fd().ok()) {
             Some(net) => command.join_network(net),

@@ -349,7 +349,7 @@ impl Jobs {
             }
         };
         // The command first (a bad one takes nothing); then a warm sandbox of the job's shape, if one is ready
-        // (its cgroup becomes the job's), else the job's own cgroup, made now (and the command again, in it).
+        // (its cgroup becomes the job's), else the job's own cgroup, made now (and the command placed in it).
         let command = match self.containment.command(&plan, &container) {
             Ok(command) => command,
             Err(e) => {
@@ -368,7 +368,7 @@ impl Jobs {
                     .containment
                     .add_cgroup(&mut container, &job_id, &plan)
                     .map_err(JobError::Containment)
-                    .and_then(|()| self.containment.command(&plan, &container).map_err(JobError::from));
+                    .and_then(|()| self.containment.place(command, &container).map_err(JobError::from));
                 match cold {
                     Ok(command) => command,
                     Err(e) => {
