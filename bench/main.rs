@@ -315,12 +315,17 @@ async fn open(client: &mut Client, start: pb::StartJob) -> anyhow::Result<Call> 
 
 /// Runs a job to its end; returns the stdout bytes seen.
 async fn run_job(client: &mut Client, start: pb::StartJob) -> anyhow::Result<u64> {
+    run_to_exit(client, start).await.map(|(bytes, _)| bytes)
+}
+
+/// Runs a job to its end; returns the stdout bytes seen and its `exited`.
+async fn run_to_exit(client: &mut Client, start: pb::StartJob) -> anyhow::Result<(u64, pb::Exited)> {
     let mut call = open(client, start).await?;
     let mut bytes = 0u64;
     while let Some(response) = call.responses.message().await? {
         match response.event {
             Some(Event::Stdout(b)) => bytes += b.len() as u64,
-            Some(Event::Exited(_)) => return Ok(bytes),
+            Some(Event::Exited(exited)) => return Ok((bytes, exited)),
             _ => {}
         }
     }

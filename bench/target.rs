@@ -11,26 +11,17 @@ use forkpool::cli::{Client, Connection};
 use forkpool::pb;
 use tokio::sync::Semaphore;
 
-use super::{ms, open, percentile, run_job};
+use super::{ms, percentile, run_job, run_to_exit};
 
 /// Runs one job to its end: `Ok` only for an exit with code 0; else what happened (`exit 3`, `signal 9`, the
 /// status code).
 async fn run_ok(client: &mut Client, start: pb::StartJob) -> Result<(), String> {
-    let mut call = open(client, start).await.map_err(|e| status_name(&e))?;
-    loop {
-        match call.responses.message().await {
-            Ok(Some(pb::ExecuteResponse { event: Some(pb::execute_response::Event::Exited(exited)) })) => {
-                return match exited.status {
-                    Some(pb::exited::Status::Code(0)) => Ok(()),
-                    Some(pb::exited::Status::Code(code)) => Err(format!("exit {code}")),
-                    Some(pb::exited::Status::Signal(signal)) => Err(format!("signal {signal}")),
-                    None => Err("no exit status".into()),
-                };
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return Err("ended without exited".into()),
-            Err(status) => return Err(format!("{:?}", status.code())),
-        }
+    let (_, exited) = run_to_exit(client, start).await.map_err(|e| status_name(&e))?;
+    match exited.status {
+        Some(pb::exited::Status::Code(0)) => Ok(()),
+        Some(pb::exited::Status::Code(code)) => Err(format!("exit {code}")),
+        Some(pb::exited::Status::Signal(signal)) => Err(format!("signal {signal}")),
+        None => Err("no exit status".into()),
     }
 }
 

@@ -23,9 +23,8 @@
 //! the namespace; the kernel frees it once nothing holds it.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 /// Most namespaces kept for reuse; more are dropped. Each holds its fd and up to 8 open `/proc/net` files.
@@ -98,21 +97,11 @@ impl Netns {
 }
 
 /// The whole of a `/proc` file, from its start.
-fn read_all(file: &File) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = file.read_at(&mut buf[len..], len as u64)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
-    }
-    buf.truncate(len);
-    Ok(buf)
+fn read_all(mut file: &File) -> io::Result<Vec<u8>> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(content)
 }
 
 /// The namespaces ready for reuse.

@@ -165,16 +165,9 @@ impl WorkRoot {
         if !reused {
             std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         }
-        let made = (|| {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-            let (uid, gid) =
-                owner.unwrap_or_else(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
-            // (A new directory is the server's already.)
-            if reused || owner.is_some() {
-                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-            }
-            Ok(())
-        })();
+        // (A new directory is the server's already; a spare one too, since it was recycled.)
+        let made = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .and_then(|()| owner.map_or(Ok(()), |(uid, gid)| std::os::unix::fs::chown(&dir, Some(uid), Some(gid))));
         match made {
             Ok(()) => Ok(dir),
             Err(e) => {
