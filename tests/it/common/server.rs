@@ -20,6 +20,22 @@ pub const GUARDIAN: &str = "forkpool-guard";
 /// The name of a warm sandbox's init while it waits for a job (it is `forkpool-init` once it has one).
 pub const WARM_SANDBOX: &str = "forkpool-warm";
 
+/// A child of the server that is not yet what it will be: before its exec it has the name of the server's
+/// spawner thread (`forkpool-spawnN`), and a warm sandbox's init (`forkpool-init --warm ...`) names itself
+/// `forkpool-warm` only once it runs, and `forkpool-init` again when it takes a job, before it starts it.
+pub fn unsettled(p: &ProcInfo) -> bool {
+    if p.state == 'Z' {
+        return false;
+    }
+    if p.comm.starts_with("forkpool-spawn") || p.comm.parse::<u32>().is_ok() {
+        // Before its exec, or just after an exec through an fd on a kernel that names it after the fd.
+        return true;
+    }
+    let warm = std::fs::read(format!("/proc/{}/cmdline", p.pid))
+        .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"--warm".as_slice()));
+    warm && p.comm != WARM_SANDBOX && !all_processes().iter().any(|c| c.ppid == p.pid)
+}
+
 /// A running server. Dropping it kills it (SIGKILL) and waits for it, even when the test failed; the log
 /// is printed if the test is panicking.
 pub struct TestServer {
@@ -154,18 +170,30 @@ impl TestServer {
         None
     }
 
-    /// The server's direct children right now, but for its guardian (which lives as long as the server) and its
-    /// warm sandboxes (idle inits waiting for a job, named `forkpool-warm`; see `src/job/warm.rs`).
+    /// The server's direct children, but for its guardian (which lives as long as the server) and its warm
+    /// sandboxes (idle inits waiting for a job, named `forkpool-warm`; see `src/job/warm.rs`).
+    ///
+    /// A child caught between its clone and its name is neither yet (see [`unsettled`]): the list is taken
+    /// again, for up to 5 s, until no child is. A replacement warm sandbox started as a job takes the last one
+    /// would otherwise be counted as a second job worker.
     pub fn children(&self) -> Vec<ProcInfo> {
-        all_processes()
-            .into_iter()
-            .filter(|p| p.ppid == self.pid && p.comm != GUARDIAN && p.comm != WARM_SANDBOX)
-            .collect()
+        self.settled_children().into_iter().filter(|p| p.comm != GUARDIAN && p.comm != WARM_SANDBOX).collect()
     }
 
     /// The server's warm sandboxes, idle.
     pub fn warm_sandboxes(&self) -> Vec<ProcInfo> {
-        all_processes().into_iter().filter(|p| p.ppid == self.pid && p.comm == WARM_SANDBOX).collect()
+        self.settled_children().into_iter().filter(|p| p.comm == WARM_SANDBOX).collect()
+    }
+
+    fn settled_children(&self) -> Vec<ProcInfo> {
+        let list = || all_processes().into_iter().filter(|p| p.ppid == self.pid).collect::<Vec<_>>();
+        let mut children = list();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children.iter().any(unsettled) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            children = list();
+        }
+        children
     }
 
     /// The server's guardian process.
