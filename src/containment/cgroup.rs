@@ -15,21 +15,41 @@
 //! Only cgroups inside the server's own are configured: in a delegated cgroup (systemd `Delegate=yes`, a
 //! container) the parent's `cgroup.subtree_control` belongs to whoever delegated it.
 //!
+//! A job cgroup its job left empty (every process of it reaped, see [`crate::containment`]) is kept as a spare
+//! for the next job or warm sandbox with the same limits, instead of an `rmdir` now and a `mkdir` then (with the
+//! memory controller's per-cgroup state, and the hybrid hierarchies' directories, the largest part of the
+//! server's CPU per job once everything else was reused). When it is taken again, its peak memory is reset (in
+//! v2 through a file the job's cgroup keeps open: nothing is held by an idle spare); its next job's peak memory
+//! and OOM kills are counted from there. The page cache its jobs brought in stays cached and
+//! charged to it, up to a bound (see [`KEEP_CHARGED_AT_MOST`]): reclaiming it would evict, for instance, the
+//! job's program, to be read from disk again by the next job. What a job can read of a cgroup through a file it kept open, it can read of every job's by its
+//! path: the tree is readable to jobs.
+//!
 //! Limits use the v2 controllers enabled for the tree. On hybrid hosts (v2 mounted at
 //! `/sys/fs/cgroup/unified`, controllers still bound to v1) the memory, pids and cpu limits use the v1
 //! hierarchies instead, with a directory of the same name; membership, kill and emptiness stay v2.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::leftovers::{lock_exclusive, same_file};
 use crate::config::limits::Limits;
+
+/// Emptied job cgroups kept for reuse, at most.
+const SPARES: usize = 32;
+/// A cgroup its jobs left with more memory charged than this (page cache they brought in, which stays cached)
+/// is removed, not reused: its charge then moves to the server's instance cgroup. So a job starts with at most
+/// this much charged before it, reclaimable.
+const KEEP_CHARGED_AT_MOST: u64 = 16 << 20;
 
 /// The limit controllers forkpool uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +89,10 @@ pub(crate) struct CgroupTree {
     /// v1 hierarchies standing in for controllers the v2 tree lacks: (controller, directory holding the
     /// instances there).
     pub(super) v1: Vec<(Controller, PathBuf)>,
+    /// Emptied job cgroups, for the next jobs with the same limits.
+    spares: Mutex<Vec<JobCgroup>>,
+    /// Job cgroups are reused (until the accounting of one cannot be reset: v2 before Linux 6.12).
+    reuse: AtomicBool,
 }
 
 /// One job's cgroup.
@@ -79,6 +103,23 @@ pub(crate) struct JobCgroup {
     pub(super) v1: Vec<(Controller, PathBuf)>,
     /// The v2 memory controller is enabled for it (`memory.events`, `memory.peak`).
     pub(super) v2_memory: bool,
+    /// The limits it was made with.
+    limits: Limits,
+    /// What earlier jobs left counted in it (zero when new).
+    base: Accounting,
+    /// `cgroup.kill` was written to it: it is not reused. (Linux 6.18 at least SIGKILLs every process then
+    /// created in such a cgroup with `CLONE_INTO_CGROUP`: `cgroup_post_fork` compares the target cgroup's kill
+    /// count with the one read from the parent's cgroup.)
+    killed: AtomicBool,
+}
+
+/// A reused cgroup's counters when its new job began: its memory charge (the cache its jobs left), its OOM kills
+/// so far, and, in v2, the `memory.peak` file whose peak was reset (a reset holds for that open file only).
+#[derive(Debug, Default)]
+struct Accounting {
+    memory: u64,
+    oom_kills: u64,
+    peak: Option<File>,
 }
 
 /// An OS error with the path it is about; the OS error stays reachable as the source (its errno decides
@@ -103,6 +144,12 @@ pub(crate) fn os_error(error: &io::Error) -> Option<i32> {
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
     std::fs::write(path, value).map_err(|e| at_path(path, e))
+}
+
+/// The number in cgroup file `path`.
+fn read_number(path: &Path) -> io::Result<u64> {
+    let text = std::fs::read_to_string(path).map_err(|e| at_path(path, e))?;
+    text.trim().parse().map_err(|_| io::Error::other(format!("{}: not a number: {text:?}", path.display())))
 }
 
 /// Makes `dir` (if a server starting beside us removed it) and locks it. Made, then locked: in between, that
@@ -238,6 +285,8 @@ impl CgroupTree {
             configurable,
             v2: BTreeSet::new(),
             v1,
+            spares: Mutex::new(Vec::new()),
+            reuse: AtomicBool::new(true),
         };
         let cleaned = tree.clean_leftovers().await;
         if cleaned > 0 {
@@ -299,8 +348,11 @@ impl CgroupTree {
         self.v2.contains(limit) || self.v1.iter().any(|(c, _)| c.name() == limit)
     }
 
-    /// Creates a job's cgroup with its limits.
+    /// A job's cgroup with its limits: a spare with the same limits if there is one, else a new one.
     pub(crate) fn create(&self, job_id: &str, limits: &Limits) -> io::Result<JobCgroup> {
+        if let Some(spare) = self.take_spare(limits) {
+            return Ok(spare);
+        }
         let name = format!("job-{job_id}");
         let v2 = self.instance.join(&name);
         if let Err(e) = std::fs::create_dir(&v2) {
@@ -312,7 +364,15 @@ impl CgroupTree {
             self.make_instance()?;
             std::fs::create_dir(&v2)?;
         }
-        let mut cgroup = JobCgroup { name, v2, v1: Vec::new(), v2_memory: self.v2.contains("memory") };
+        let mut cgroup = JobCgroup {
+            name,
+            v2,
+            v1: Vec::new(),
+            v2_memory: self.v2.contains("memory"),
+            limits: *limits,
+            base: Accounting::default(),
+            killed: AtomicBool::new(false),
+        };
         // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
         let result = self.apply_limits(&mut cgroup, limits);
         if result.is_err() {
@@ -381,8 +441,77 @@ impl CgroupTree {
         Ok(())
     }
 
+    /// The first kept spare with `limits` whose directory is still there (spares of a tree removed
+    /// underneath the server are dropped), its accounting reset.
+    fn take_spare(&self, limits: &Limits) -> Option<JobCgroup> {
+        loop {
+            // The oldest first: each spare in turn.
+            let mut spare = {
+                let mut spares = self.spares();
+                let i = spares.iter().position(|c| c.limits == *limits)?;
+                spares.remove(i)
+            };
+            if !spare.v2.exists() {
+                let _ = spare.remove();
+                continue;
+            }
+            match spare.reset() {
+                Ok(base) => {
+                    spare.base = base;
+                    return Some(spare);
+                }
+                Err(e) => {
+                    if self.reuse.swap(false, Ordering::Relaxed) {
+                        warn!(cgroup = spare.name, error = %e, "job cgroups are not reused: the accounting of one cannot be reset");
+                    }
+                    let _ = spare.remove();
+                }
+            }
+        }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<JobCgroup>> {
+        // A panic while holding the lock leaves a valid list.
+        self.spares.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `cgroup`, emptied (every process of its job reaped), for the next job with its limits. Returns it
+    /// when it is not kept (it was killed through `cgroup.kill` or frozen from outside, or too much is left
+    /// charged to it; or reuse is off, a spare's peak having failed to reset: v2 before Linux 6.12): the
+    /// caller removes it.
+    pub(crate) fn keep(&self, cgroup: JobCgroup) -> Option<JobCgroup> {
+        if !self.reuse.load(Ordering::Relaxed) {
+            return Some(cgroup);
+        }
+        if let Err(e) = cgroup.reusable() {
+            tracing::debug!(cgroup = cgroup.name, error = %e, "a job cgroup is not reused");
+            return Some(cgroup);
+        }
+        let mut spares = self.spares();
+        // Full (of spares with limits no job asked for since): the oldest goes instead.
+        let oldest = (spares.len() >= SPARES).then(|| spares.remove(0));
+        spares.push(cgroup);
+        drop(spares);
+        if let Some(oldest) = oldest
+            && let Err(e) = oldest.remove()
+        {
+            warn!(cgroup = oldest.name, error = %e, "cannot remove a spare job cgroup");
+        }
+        None
+    }
+
+    /// Removes the spares (at a clean exit, or to let the tree go).
+    pub(crate) fn remove_spares(&self) {
+        for spare in std::mem::take(&mut *self.spares()) {
+            if let Err(e) = spare.remove() {
+                warn!(cgroup = spare.name, error = %e, "cannot remove a spare job cgroup");
+            }
+        }
+    }
+
     /// Removes this server's instance cgroups (at a clean exit, once every job cgroup is gone).
     pub(crate) fn remove_instance(&self) {
+        self.remove_spares();
         for (_, root) in &self.v1 {
             let _ = std::fs::remove_dir(root.join(&self.instance_name));
         }
@@ -427,6 +556,19 @@ fn pids_below(dir: &Path) -> Vec<i32> {
 }
 
 impl JobCgroup {
+    /// A v2 cgroup `name` at `dir` that forkpool did not make now (a dead server's instance), to kill.
+    pub(super) fn at(name: String, dir: PathBuf) -> JobCgroup {
+        JobCgroup {
+            name,
+            v2: dir,
+            v1: Vec::new(),
+            v2_memory: false,
+            limits: Limits::default(),
+            base: Accounting::default(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
     /// The directory name (also how the reaper attributes a reaped process to this job).
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -462,6 +604,7 @@ impl JobCgroup {
 
     /// SIGKILLs every process in the cgroup: `cgroup.kill`, or freeze, kill each, thaw (kernels < 5.14).
     pub(crate) fn kill(&self) -> io::Result<()> {
+        self.killed.store(true, Ordering::Relaxed);
         let kill = self.v2.join("cgroup.kill");
         if kill.exists() {
             return write(&kill, "1");
@@ -492,20 +635,79 @@ impl JobCgroup {
     }
 
     /// The job's peak memory (the whole tree's, page cache included): v2 `memory.peak` (Linux 5.19+) or v1
-    /// `memory.max_usage_in_bytes`. `None` where neither is available.
+    /// `memory.max_usage_in_bytes`, above what an earlier job left charged. `None` where neither is available.
     pub(crate) fn memory_peak(&self) -> Option<u64> {
-        let read = |path: PathBuf| std::fs::read_to_string(path).ok()?.trim().parse().ok();
-        if self.v2_memory
-            && let Some(peak) = read(self.v2.join("memory.peak"))
-        {
-            return Some(peak);
-        }
-        let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
-        read(dir.join("memory.max_usage_in_bytes"))
+        let parse = |text: &str| text.trim().parse::<u64>().ok();
+        let read = |path: PathBuf| parse(&std::fs::read_to_string(path).ok()?);
+        let peak = if let Some(file) = &self.base.peak {
+            let mut buf = [0u8; 32];
+            let n = file.read_at(&mut buf, 0).ok()?;
+            parse(std::str::from_utf8(&buf[..n]).ok()?)
+        } else if let Some(peak) = self.v2_memory.then(|| read(self.v2.join("memory.peak"))).flatten() {
+            Some(peak)
+        } else {
+            let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
+            read(dir.join("memory.max_usage_in_bytes"))
+        };
+        peak.map(|peak| peak.saturating_sub(self.base.memory))
     }
 
-    /// OOM kills inside the job's cgroup so far.
+    /// OOM kills inside the job's cgroup since its job began.
     pub(crate) fn oom_kills(&self) -> u64 {
+        self.oom_kills_ever().saturating_sub(self.base.oom_kills)
+    }
+
+    /// Whether an emptied cgroup may be kept for another job: not killed through `cgroup.kill`, not frozen, and
+    /// with no more than [`KEEP_CHARGED_AT_MOST`] left charged. The page cache its jobs brought in stays cached,
+    /// and charged to it (reclaimable under its limit like any cache).
+    fn reusable(&self) -> io::Result<()> {
+        if self.killed.load(Ordering::Relaxed) {
+            return Err(io::Error::other("it was killed through cgroup.kill"));
+        }
+        // Frozen from outside (forkpool thaws what it freezes): left to be removed, not used.
+        if std::fs::read_to_string(self.v2.join("cgroup.freeze")).is_ok_and(|f| f.trim() != "0") {
+            return Err(io::Error::other("it is frozen"));
+        }
+        let charged = match self.memory_file("memory.current", "memory.usage_in_bytes") {
+            Some(path) => read_number(&path)?,
+            None => 0,
+        };
+        if charged > KEEP_CHARGED_AT_MOST {
+            return Err(io::Error::other(format!("{charged} bytes left charged")));
+        }
+        Ok(())
+    }
+
+    /// The memory controller's file: `v2` in the v2 tree, else `v1` in the v1 memory hierarchy, if either.
+    fn memory_file(&self, v2: &str, v1: &str) -> Option<PathBuf> {
+        if self.v2_memory {
+            return Some(self.v2.join(v2));
+        }
+        self.v1.iter().find(|(c, _)| *c == Controller::Memory).map(|(_, dir)| dir.join(v1))
+    }
+
+    /// Resets a spare's memory accounting for its next job and returns what is left counted (see
+    /// [`CgroupTree::keep`]).
+    fn reset(&self) -> io::Result<Accounting> {
+        let mut base = Accounting::default();
+        if self.v2_memory {
+            let path = self.v2.join("memory.peak");
+            let peak = File::options().read(true).write(true).open(&path).map_err(|e| at_path(&path, e))?;
+            // Linux 6.12+: the peak read through this file is now the current charge.
+            peak.write_at(b"0\n", 0).map_err(|e| at_path(&path, e))?;
+            base.peak = Some(peak);
+            base.memory = read_number(&self.v2.join("memory.current"))?;
+        } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {
+            // The peak is now the current charge.
+            write(&dir.join("memory.max_usage_in_bytes"), "0")?;
+            base.memory = read_number(&dir.join("memory.usage_in_bytes"))?;
+        }
+        base.oom_kills = self.oom_kills_ever();
+        Ok(base)
+    }
+
+    /// OOM kills inside the cgroup since it was made.
+    fn oom_kills_ever(&self) -> u64 {
         let (file, dir) = if self.v2_memory {
             ("memory.events", &self.v2)
         } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {

@@ -62,7 +62,7 @@ impl CgroupTree {
                     continue;
                 }
             };
-            let instance = JobCgroup { name: name.clone(), v2: entry.path(), v1: Vec::new(), v2_memory: false };
+            let instance = JobCgroup::at(name.clone(), entry.path());
             let emptied = instance.kill_and_wait(Duration::from_secs(5)).await;
             let jobs: Vec<PathBuf> = std::fs::read_dir(entry.path())
                 .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect())

@@ -499,20 +499,29 @@ impl Containment {
     ) {
         let net = container.net.take();
         let mut reuse = false;
+        let mut emptied = false;
         if let Some(gone) = init_gone {
             let reaped = matches!(tokio::time::timeout(LEFTOVERS_WAIT, gone).await, Ok(Ok(())));
             if !reaped {
                 warn!("a job's init is still there {LEFTOVERS_WAIT:?} after its report");
             }
-            let emptied = match &container.cgroup {
-                Some(cgroup) => cgroup.kill_and_wait(LEFTOVERS_WAIT).await,
-                None => true,
-            };
-            reuse = reaped && emptied && container.reusable;
+            emptied = reaped
+                && match &container.cgroup {
+                    Some(cgroup) => cgroup.kill_and_wait(LEFTOVERS_WAIT).await,
+                    None => true,
+                };
+            reuse = emptied && container.reusable;
             if let Some(net) = net.filter(|_| reuse) {
                 let kept = self.nets.give_back(net);
                 tracing::debug!(kept, "network namespace after the job");
             }
+        }
+        // The cgroup: once its init is reaped and it is empty, nothing of the job is left to attribute to it.
+        if emptied
+            && let (Some(tree), Some(cgroup)) = (&self.cgroups, container.cgroup.take())
+            && let Some(cgroup) = tree.keep(cgroup)
+        {
+            container.cgroup = Some(cgroup);
         }
         self.remove(container, reuse).await;
     }
@@ -522,8 +531,9 @@ impl Containment {
         self.remove(container, false).await;
     }
 
-    /// Removes the job's cgroup and private directory, or keeps the directory for another job if `reuse` (see
-    /// [`workdir`]: every process of the job is gone, and it could not have handed the directory on).
+    /// Removes the job's cgroup (if not kept) and private directory, or keeps the directory for another job if
+    /// `reuse` (see [`workdir`]: every process of the job is gone, and it could not have handed the directory
+    /// on).
     async fn remove(&self, container: JobContainer, reuse: bool) {
         if let Some(cgroup) = container.cgroup {
             let mut attempts = 0;

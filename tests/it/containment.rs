@@ -503,3 +503,39 @@ async fn a_private_directory_is_reused_only_as_it_was_made() {
         assert!(seen[6].ends_with("_-") || made.insert(seen[6].clone()), "reused with a writable root: {made:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cgroup_is_reused_empty_and_counts_only_its_own_job() {
+    // Cold starts (no warm sandboxes): each job takes the oldest spare cgroup, if any.
+    let limits = "warm_sandboxes = 0\n[limits]\nmemory = \"256MiB\"\n";
+    let Some((server, _)) = start(Mode::Cgroup, limits, "cgroup-reuse").await else { return };
+    let mut client = server.client().await;
+    let cgroup_of = |out: &Outcome| {
+        out.stdout_text().lines().find(|l| l.starts_with("0::")).map(String::from).expect("the job's v2 cgroup")
+    };
+    let dd = |mib: u32| format!("grep ^0:: /proc/self/cgroup; dd if=/dev/zero of=/dev/null bs={mib}M count=1");
+    // One job killed by the OOM killer, one with a peak of 150 MiB.
+    let hog = run(&mut client, sh(&dd(400))).await;
+    assert_eq!(hog.reason(), Some(pb::ExitReason::MemoryLimit), "{hog:?}");
+    let big = run(&mut client, sh(&dd(150))).await;
+    assert_eq!(big.code(), Some(0), "{big:?}");
+    assert!(big.exited.as_ref().expect("exited").max_rss_bytes >= 150 << 20, "{big:?}");
+    let mut earlier = vec![(cgroup_of(&hog), "the OOM-killed job"), (cgroup_of(&big), "the 150 MiB job")];
+    for _ in 0..20 {
+        if earlier.is_empty() {
+            break;
+        }
+        let small = run(&mut client, sh(&dd(1))).await;
+        assert_eq!(small.reason(), Some(pb::ExitReason::Exited), "a small job after a reuse: {small:?}");
+        assert_eq!(small.code(), Some(0), "{small:?}");
+        let rss = small.exited.as_ref().expect("exited").max_rss_bytes;
+        let cgroup = cgroup_of(&small);
+        if let Some(i) = earlier.iter().position(|(c, _)| *c == cgroup) {
+            eprintln!("{cgroup}, after {}: {rss} bytes", earlier[i].1);
+            assert!(rss > 0 && rss < 16 << 20, "the cgroup of {}, reused, reported {rss} bytes", earlier[i].1);
+            earlier.remove(i);
+        }
+    }
+    assert!(earlier.is_empty(), "not reused within 20 jobs: {earlier:?}");
+    server.assert_no_children();
+}

@@ -8,6 +8,7 @@
 //! Ignored by `cargo test`; CI runs it for `FORKPOOL_SOAK_SECS` (default 120):
 //! `FORKPOOL_SOAK_SECS=120 cargo test --release --test it soak -- --ignored --nocapture`
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,26 +224,35 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
         server.children()
     );
     let status = settled_status(&mut status_client).await;
-    // Job cgroups of this server: a job's (none may be left), or a warm sandbox's (exactly one per idle sandbox).
-    let job_cgroups = |warm: bool| {
+    // Job cgroups of this server: a warm sandbox's (populated, exactly one per idle sandbox), or a spare kept
+    // for reuse (empty, at most 32); a job's cgroup with a process in it is left behind.
+    let job_cgroups = || -> Vec<PathBuf> {
         std::fs::read_dir(cgroup_v2_mount().unwrap_or_default().join("forkpool"))
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("instance-{pid}-")))
                     .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().flatten())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.starts_with("job-") && name.starts_with("job-warm-") == warm)
-                    .count()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+                    .map(|e| e.path())
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     };
-    let cgroups_left = job_cgroups(false);
+    let populated = |dir: &PathBuf| {
+        std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+    };
     let cgroup_mode = status.containment == forkpool::pb::ContainmentMode::Cgroup as i32;
+    let mut cgroups_left = 0;
+    let mut spares = 0;
     let sandboxes_match = wait_until(Duration::from_secs(5), || {
-        let warm = job_cgroups(true);
-        if cgroup_mode { warm == server.warm_sandboxes().len() } else { warm == 0 }
+        let dirs = job_cgroups();
+        let in_use = dirs.iter().filter(|d| populated(d)).count();
+        let sandboxes = server.warm_sandboxes().len();
+        cgroups_left = in_use.saturating_sub(sandboxes);
+        spares = dirs.len() - in_use;
+        if cgroup_mode { in_use == sandboxes && spares <= 32 } else { dirs.is_empty() }
     });
-    assert!(sandboxes_match, "warm sandbox cgroups {} for {:?}", job_cgroups(true), server.warm_sandboxes());
+    assert!(sandboxes_match, "job cgroups {:?} for warm sandboxes {:?}", job_cgroups(), server.warm_sandboxes());
     let (fd_end, rss_end) = (fds_of(pid).len(), rss_kib(pid));
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let cancelled = t(&tally.cancelled) + t(&tally.killed_clients);
@@ -254,7 +264,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
         "soak: {} calls in {:.0} s ({:.0}/s): {} exited ({} timed out, {} workers killed from outside), {} cancelled, \
          {} killed CLI clients, {} deadlines, {} unknown to their client; server started {} finished {} cancelled {} timed out {} rejected {} \
          orphans reaped {}; peak RSS {} KiB, end RSS {} KiB (baseline {}), fds end {} (baseline {}, peak {}), \
-         peak threads {}, job cgroups left {}",
+         peak threads {}, job cgroups left {} (spares kept {})",
         t(&tally.calls),
         elapsed.as_secs_f64(),
         t(&tally.calls) as f64 / elapsed.as_secs_f64(),
@@ -278,7 +288,8 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
         fd_base,
         peak_fds,
         peak_threads,
-        cgroups_left
+        cgroups_left,
+        spares
     );
     server.assert_no_zombies();
     assert_eq!(cgroups_left, 0);
