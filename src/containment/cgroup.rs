@@ -47,8 +47,7 @@ use crate::config::limits::Limits;
 /// Emptied job cgroups kept for reuse, at most.
 const SPARES: usize = 32;
 /// A cgroup its jobs left with more memory charged than this (page cache they brought in, which stays cached)
-/// is removed, not reused: its charge then moves to the server's instance cgroup. So a job starts with at most
-/// this much charged before it, reclaimable.
+/// is removed, not reused. So a job starts with at most this much charged before it, all of it reclaimable.
 const KEEP_CHARGED_AT_MOST: u64 = 16 << 20;
 
 /// The limit controllers forkpool uses.
@@ -144,6 +143,11 @@ pub(crate) fn os_error(error: &io::Error) -> Option<i32> {
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
     std::fs::write(path, value).map_err(|e| at_path(path, e))
+}
+
+/// Whether cgroups made for `a` and for `b` are the same: the limits a cgroup enforces are.
+fn same_cgroup_limits(a: &Limits, b: &Limits) -> bool {
+    (a.memory, a.processes, a.cpu) == (b.memory, b.processes, b.cpu)
 }
 
 /// The number in cgroup file `path`.
@@ -373,6 +377,10 @@ impl CgroupTree {
             base: Accounting::default(),
             killed: AtomicBool::new(false),
         };
+        if cgroup.v2_memory {
+            // Read through the same kind of open file as a reused cgroup's (so a live job cgroup holds one fd).
+            cgroup.base.peak = File::open(cgroup.v2.join("memory.peak")).ok();
+        }
         // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
         let result = self.apply_limits(&mut cgroup, limits);
         if result.is_err() {
@@ -448,7 +456,7 @@ impl CgroupTree {
             // The oldest first: each spare in turn.
             let mut spare = {
                 let mut spares = self.spares();
-                let i = spares.iter().position(|c| c.limits == *limits)?;
+                let i = spares.iter().position(|c| same_cgroup_limits(&c.limits, limits))?;
                 spares.remove(i)
             };
             if !spare.v2.exists() {
@@ -461,8 +469,9 @@ impl CgroupTree {
                     return Some(spare);
                 }
                 Err(e) => {
-                    if self.reuse.swap(false, Ordering::Relaxed) {
-                        warn!(cgroup = spare.name, error = %e, "job cgroups are not reused: the accounting of one cannot be reset");
+                    // The kernel cannot reset a peak (v2 before Linux 6.12): no cgroup will be kept again.
+                    if e.kind() == io::ErrorKind::Unsupported && self.reuse.swap(false, Ordering::Relaxed) {
+                        warn!(cgroup = spare.name, error = %e, "job cgroups are not reused: their peak memory cannot be reset");
                     }
                     let _ = spare.remove();
                 }
@@ -487,6 +496,9 @@ impl CgroupTree {
             tracing::debug!(cgroup = cgroup.name, error = %e, "a job cgroup is not reused");
             return Some(cgroup);
         }
+        // An idle spare holds no open file.
+        let mut cgroup = cgroup;
+        cgroup.base = Accounting::default();
         let mut spares = self.spares();
         // Full (of spares with limits no job asked for since): the oldest goes instead.
         let oldest = (spares.len() >= SPARES).then(|| spares.remove(0));
@@ -658,8 +670,8 @@ impl JobCgroup {
     }
 
     /// Whether an emptied cgroup may be kept for another job: not killed through `cgroup.kill`, not frozen, and
-    /// with no more than [`KEEP_CHARGED_AT_MOST`] left charged. The page cache its jobs brought in stays cached,
-    /// and charged to it (reclaimable under its limit like any cache).
+    /// with no more than [`KEEP_CHARGED_AT_MOST`] left charged, none of it unreclaimable. The page cache its
+    /// jobs brought in stays cached, and charged to it (reclaimable under its limit like any cache).
     fn reusable(&self) -> io::Result<()> {
         if self.killed.load(Ordering::Relaxed) {
             return Err(io::Error::other("it was killed through cgroup.kill"));
@@ -674,6 +686,24 @@ impl JobCgroup {
         };
         if charged > KEEP_CHARGED_AT_MOST {
             return Err(io::Error::other(format!("{charged} bytes left charged")));
+        }
+        // Memory that cannot be reclaimed (jobs get no swap) would count against the next job's limit: shared
+        // memory a job left in a tmpfs or an IPC namespace it shared, for instance.
+        if let Some(path) = self.memory_file("memory.stat", "memory.stat") {
+            let stat = std::fs::read_to_string(&path).map_err(|e| at_path(&path, e))?;
+            let names: &[&str] = if self.v2_memory {
+                &["anon", "shmem", "unevictable"]
+            } else {
+                &["total_rss", "total_shmem", "total_unevictable"]
+            };
+            for line in stat.lines() {
+                if let Some((name, value)) = line.split_once(' ')
+                    && names.contains(&name)
+                    && value.trim() != "0"
+                {
+                    return Err(io::Error::other(format!("{name} {} left charged", value.trim())));
+                }
+            }
         }
         Ok(())
     }
@@ -692,9 +722,16 @@ impl JobCgroup {
         let mut base = Accounting::default();
         if self.v2_memory {
             let path = self.v2.join("memory.peak");
-            let peak = File::options().read(true).write(true).open(&path).map_err(|e| at_path(&path, e))?;
+            let unsupported = |e: io::Error| match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM | libc::EINVAL) => io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    PathError { path: path.display().to_string(), source: e },
+                ),
+                _ => at_path(&path, e),
+            };
+            let peak = File::options().read(true).write(true).open(&path).map_err(unsupported)?;
             // Linux 6.12+: the peak read through this file is now the current charge.
-            peak.write_at(b"0\n", 0).map_err(|e| at_path(&path, e))?;
+            peak.write_at(b"0\n", 0).map_err(unsupported)?;
             base.peak = Some(peak);
             base.memory = read_number(&self.v2.join("memory.current"))?;
         } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {

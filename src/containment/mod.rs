@@ -5,7 +5,8 @@
 //! cgroup does not enforce, changes directory and user. When the worker has exited, [`Containment::end`]
 //! kills whatever is left — the whole cgroup, or (fallback mode) the escapers found by
 //! [`crate::process::kill::sweep_escapers`] — and waits until it is all reaped, so the job's `exited` lists every orphan.
-//! [`Containment::release`] removes the cgroup and the directory.
+//! [`Containment::release`] removes the cgroup and the directory ([`Containment::release_after`] may keep them
+//! for later jobs instead, see [`cgroup`], [`netns`] and [`workdir`]).
 //!
 //! Guarantees: in cgroup mode every process the job ever started dies with it, whatever it did (`setsid`,
 //! double fork, stopping itself). In fallback mode the same holds for processes in the job's session or
@@ -82,6 +83,9 @@ pub(crate) struct JobContainer {
     /// What the job could do cannot outlive it in its network namespace or its directory: they may be reused
     /// once it is gone (see [`Containment::reusable`]).
     reusable: bool,
+    /// The job could not write its cgroup's files (not root, no capability, not in a user namespace of its
+    /// own, whose owner owns the server's cgroups): emptied, its cgroup is as it was made, and may be reused.
+    cgroup_reusable: bool,
 }
 
 impl JobContainer {
@@ -268,11 +272,11 @@ impl Containment {
                 (dir.clone(), Some(dir))
             }
         };
-        let reusable = plan.cwd.is_none()
-            && plan.keep_capabilities == 0
-            && plan.ids.is_some_and(|(uid, _)| uid != 0)
-            && self.reusable(self.namespaces_for(plan));
-        Ok(JobContainer { cgroup: None, private_dir, cwd, net: None, reusable })
+        let ns = self.namespaces_for(plan);
+        let unprivileged = plan.keep_capabilities == 0 && plan.ids.is_some_and(|(uid, _)| uid != 0);
+        let reusable = plan.cwd.is_none() && unprivileged && self.reusable(ns);
+        let cgroup_reusable = unprivileged && !ns.user;
+        Ok(JobContainer { cgroup: None, private_dir, cwd, net: None, reusable, cgroup_reusable })
     }
 
     /// Whether a job in namespaces `ns` (with a private directory, not root, no capability kept) leaves nothing
@@ -359,7 +363,14 @@ impl Containment {
 
     /// Removes the cgroup of a warm sandbox that was never used, once its init is gone.
     pub(crate) async fn discard(&self, cgroup: Option<JobCgroup>) {
-        let container = JobContainer { cgroup, private_dir: None, cwd: PathBuf::from("/"), net: None, reusable: false };
+        let container = JobContainer {
+            cgroup,
+            private_dir: None,
+            cwd: PathBuf::from("/"),
+            net: None,
+            reusable: false,
+            cgroup_reusable: false,
+        };
         if let Some(cgroup) = &container.cgroup {
             let _ = cgroup.kill_and_wait(LEFTOVERS_WAIT).await;
         }
@@ -505,11 +516,12 @@ impl Containment {
             if !reaped {
                 warn!("a job's init is still there {LEFTOVERS_WAIT:?} after its report");
             }
-            emptied = reaped
-                && match &container.cgroup {
-                    Some(cgroup) => cgroup.kill_and_wait(LEFTOVERS_WAIT).await,
-                    None => true,
-                };
+            // (Killed if the init is still there.)
+            let empty = match &container.cgroup {
+                Some(cgroup) => cgroup.kill_and_wait(LEFTOVERS_WAIT).await,
+                None => true,
+            };
+            emptied = reaped && empty;
             reuse = emptied && container.reusable;
             if let Some(net) = net.filter(|_| reuse) {
                 let kept = self.nets.give_back(net);
@@ -517,13 +529,15 @@ impl Containment {
             }
         }
         // The cgroup: once its init is reaped and it is empty, nothing of the job is left to attribute to it.
-        if emptied
-            && let (Some(tree), Some(cgroup)) = (&self.cgroups, container.cgroup.take())
-            && let Some(cgroup) = tree.keep(cgroup)
-        {
-            container.cgroup = Some(cgroup);
-        }
+        // It is kept after the directory is gone (whose files' page cache it was charged).
+        let cgroup = if emptied && container.cgroup_reusable { container.cgroup.take() } else { None };
         self.remove(container, reuse).await;
+        if let Some(cgroup) = cgroup {
+            let not_kept = self.cgroups.as_ref().and_then(|tree| tree.keep(cgroup));
+            if let Some(cgroup) = not_kept {
+                remove_cgroup(cgroup).await;
+            }
+        }
     }
 
     /// Removes the job's cgroup and private directory.
@@ -536,15 +550,7 @@ impl Containment {
     /// on).
     async fn remove(&self, container: JobContainer, reuse: bool) {
         if let Some(cgroup) = container.cgroup {
-            let mut attempts = 0;
-            while let Err(e) = cgroup.remove() {
-                attempts += 1;
-                if attempts == 20 {
-                    warn!(cgroup = cgroup.name(), error = %e, "cannot remove the job's cgroup");
-                    break;
-                }
-                sleep(Duration::from_millis(5)).await;
-            }
+            remove_cgroup(cgroup).await;
         }
         if let Some(dir) = container.private_dir
             && !(reuse && self.work_root.recycle(&dir))
@@ -660,6 +666,19 @@ async fn remove_tree(dir: PathBuf) -> io::Result<()> {
     match spawned {
         Ok(_) => removed.await.unwrap_or(Ok(())),
         Err(_) => std::fs::remove_dir_all(&dir),
+    }
+}
+
+/// Removes a job's cgroup (emptied), retrying a while.
+async fn remove_cgroup(cgroup: JobCgroup) {
+    let mut attempts = 0;
+    while let Err(e) = cgroup.remove() {
+        attempts += 1;
+        if attempts == 20 {
+            warn!(cgroup = cgroup.name(), error = %e, "cannot remove the job's cgroup");
+            break;
+        }
+        sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -507,7 +507,8 @@ async fn a_private_directory_is_reused_only_as_it_was_made() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_cgroup_is_reused_empty_and_counts_only_its_own_job() {
     // Cold starts (no warm sandboxes): each job takes the oldest spare cgroup, if any.
-    let limits = "warm_sandboxes = 0\n[limits]\nmemory = \"256MiB\"\n";
+    let limits = "warm_sandboxes = 0\n[limits]\nmemory = \"256MiB\"\n[[job]]\nname = \"as-root\"\n\
+                  command = [\"grep\", \"^0::\", \"/proc/self/cgroup\"]\nuser = \"root\"\n";
     let Some((server, _)) = start(Mode::Cgroup, limits, "cgroup-reuse").await else { return };
     let mut client = server.client().await;
     let cgroup_of = |out: &Outcome| {
@@ -537,5 +538,15 @@ async fn a_job_cgroup_is_reused_empty_and_counts_only_its_own_job() {
         }
     }
     assert!(earlier.is_empty(), "not reused within 20 jobs: {earlier:?}");
+    // A job running as root could have written to its cgroup's files: its cgroup is not reused.
+    if nix::unistd::geteuid().is_root() {
+        let root = run(&mut client, job("as-root", &[])).await;
+        assert_eq!(root.code(), Some(0), "{root:?}");
+        let root_cgroup = cgroup_of(&root);
+        for _ in 0..5 {
+            let small = run(&mut client, sh(&dd(1))).await;
+            assert_ne!(cgroup_of(&small), root_cgroup, "a root job's cgroup was reused");
+        }
+    }
     server.assert_no_children();
 }

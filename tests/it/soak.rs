@@ -153,7 +153,7 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     let in_flight = 24;
     // More workers than calls in flight: nothing queues, so every accepted call starts a job and the
     // accounting below is exact.
-    let server = TestServer::start(&[
+    let mut server = TestServer::start(&[
         "--allow-raw-commands",
         "--workers",
         "40",
@@ -317,6 +317,19 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     assert!(status.started_total <= t(&tally.exited) + known + accepted_unknown);
     assert_eq!(fd_end, fd_base, "fds back to baseline");
     assert!(rss_end <= rss_base + 16 * 1024, "RSS grew from {rss_base} KiB to {rss_end} KiB");
+    // A clean exit removes the instance cgroup, which it can only once every job cgroup in it (the spares too)
+    // is gone.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(30)).expect("the server exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    if cgroup_mode {
+        let instances = std::fs::read_dir(cgroup_v2_mount().unwrap_or_default().join("forkpool"))
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("instance-{pid}-"))).count()
+            })
+            .unwrap_or(0);
+        assert_eq!(instances, 0, "the instance cgroup is left after a clean exit");
+    }
 }
 
 /// A CLI client streaming a job's output, SIGKILLed once output flows (runs on a blocking thread).
