@@ -102,8 +102,16 @@ pub(crate) struct JobCgroup {
     pub(super) v1: Vec<(Controller, PathBuf)>,
     /// The v2 memory controller is enabled for it (`memory.events`, `memory.peak`).
     pub(super) v2_memory: bool,
-    /// The limits it was made with.
-    limits: Limits,
+    /// What reuse needs (boxed: a job's future holds its cgroup, and every open call's task is as large as
+    /// that future).
+    reuse: Box<Reuse>,
+}
+
+/// A job cgroup's state for reuse.
+#[derive(Debug, Default)]
+struct Reuse {
+    /// The limits it enforces: memory, processes, CPU.
+    limits: (Option<u64>, Option<u64>, Option<f64>),
     /// What earlier jobs left counted in it (zero when new).
     base: Accounting,
     /// `cgroup.kill` was written to it: it is not reused. (Linux 6.18 at least SIGKILLs every process then
@@ -145,9 +153,9 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     std::fs::write(path, value).map_err(|e| at_path(path, e))
 }
 
-/// Whether cgroups made for `a` and for `b` are the same: the limits a cgroup enforces are.
-fn same_cgroup_limits(a: &Limits, b: &Limits) -> bool {
-    (a.memory, a.processes, a.cpu) == (b.memory, b.processes, b.cpu)
+/// The limits a cgroup enforces (cgroups made for the same are the same).
+fn cgroup_limits(limits: &Limits) -> (Option<u64>, Option<u64>, Option<f64>) {
+    (limits.memory, limits.processes, limits.cpu)
 }
 
 /// The number in cgroup file `path`.
@@ -373,13 +381,11 @@ impl CgroupTree {
             v2,
             v1: Vec::new(),
             v2_memory: self.v2.contains("memory"),
-            limits: *limits,
-            base: Accounting::default(),
-            killed: AtomicBool::new(false),
+            reuse: Box::new(Reuse { limits: cgroup_limits(limits), ..Reuse::default() }),
         };
         if cgroup.v2_memory {
             // Read through the same kind of open file as a reused cgroup's (so a live job cgroup holds one fd).
-            cgroup.base.peak = File::open(cgroup.v2.join("memory.peak")).ok();
+            cgroup.reuse.base.peak = File::open(cgroup.v2.join("memory.peak")).ok();
         }
         // From here on a failure removes what was made (Drop is not used: removal needs the job's end).
         let result = self.apply_limits(&mut cgroup, limits);
@@ -456,7 +462,7 @@ impl CgroupTree {
             // The oldest first: each spare in turn.
             let mut spare = {
                 let mut spares = self.spares();
-                let i = spares.iter().position(|c| same_cgroup_limits(&c.limits, limits))?;
+                let i = spares.iter().position(|c| c.reuse.limits == cgroup_limits(limits))?;
                 spares.remove(i)
             };
             if !spare.v2.exists() {
@@ -465,7 +471,7 @@ impl CgroupTree {
             }
             match spare.reset() {
                 Ok(base) => {
-                    spare.base = base;
+                    spare.reuse.base = base;
                     return Some(spare);
                 }
                 Err(e) => {
@@ -498,7 +504,7 @@ impl CgroupTree {
         }
         // An idle spare holds no open file.
         let mut cgroup = cgroup;
-        cgroup.base = Accounting::default();
+        cgroup.reuse.base = Accounting::default();
         let mut spares = self.spares();
         // Full (of spares with limits no job asked for since): the oldest goes instead.
         let oldest = (spares.len() >= SPARES).then(|| spares.remove(0));
@@ -570,15 +576,7 @@ fn pids_below(dir: &Path) -> Vec<i32> {
 impl JobCgroup {
     /// A v2 cgroup `name` at `dir` that forkpool did not make now (a dead server's instance), to kill.
     pub(super) fn at(name: String, dir: PathBuf) -> JobCgroup {
-        JobCgroup {
-            name,
-            v2: dir,
-            v1: Vec::new(),
-            v2_memory: false,
-            limits: Limits::default(),
-            base: Accounting::default(),
-            killed: AtomicBool::new(false),
-        }
+        JobCgroup { name, v2: dir, v1: Vec::new(), v2_memory: false, reuse: Box::default() }
     }
 
     /// The directory name (also how the reaper attributes a reaped process to this job).
@@ -616,7 +614,7 @@ impl JobCgroup {
 
     /// SIGKILLs every process in the cgroup: `cgroup.kill`, or freeze, kill each, thaw (kernels < 5.14).
     pub(crate) fn kill(&self) -> io::Result<()> {
-        self.killed.store(true, Ordering::Relaxed);
+        self.reuse.killed.store(true, Ordering::Relaxed);
         let kill = self.v2.join("cgroup.kill");
         if kill.exists() {
             return write(&kill, "1");
@@ -651,7 +649,7 @@ impl JobCgroup {
     pub(crate) fn memory_peak(&self) -> Option<u64> {
         let parse = |text: &str| text.trim().parse::<u64>().ok();
         let read = |path: PathBuf| parse(&std::fs::read_to_string(path).ok()?);
-        let peak = if let Some(file) = &self.base.peak {
+        let peak = if let Some(file) = &self.reuse.base.peak {
             let mut buf = [0u8; 32];
             let n = file.read_at(&mut buf, 0).ok()?;
             parse(std::str::from_utf8(&buf[..n]).ok()?)
@@ -661,19 +659,19 @@ impl JobCgroup {
             let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
             read(dir.join("memory.max_usage_in_bytes"))
         };
-        peak.map(|peak| peak.saturating_sub(self.base.memory))
+        peak.map(|peak| peak.saturating_sub(self.reuse.base.memory))
     }
 
     /// OOM kills inside the job's cgroup since its job began.
     pub(crate) fn oom_kills(&self) -> u64 {
-        self.oom_kills_ever().saturating_sub(self.base.oom_kills)
+        self.oom_kills_ever().saturating_sub(self.reuse.base.oom_kills)
     }
 
     /// Whether an emptied cgroup may be kept for another job: not killed through `cgroup.kill`, not frozen, and
     /// with no more than [`KEEP_CHARGED_AT_MOST`] left charged, none of it unreclaimable. The page cache its
     /// jobs brought in stays cached, and charged to it (reclaimable under its limit like any cache).
     fn reusable(&self) -> io::Result<()> {
-        if self.killed.load(Ordering::Relaxed) {
+        if self.reuse.killed.load(Ordering::Relaxed) {
             return Err(io::Error::other("it was killed through cgroup.kill"));
         }
         // Frozen from outside (forkpool thaws what it freezes): left to be removed, not used.

@@ -612,7 +612,8 @@ impl Jobs {
                 }
             }
         };
-        tokio::join!(report, self.containment.release_after(container, init_gone));
+        // (Boxed: only a job at its end needs this state, and every open call's task would be as large.)
+        tokio::join!(report, Box::pin(self.containment.release_after(container, init_gone)));
         drop(terminal_permit);
         drop(slot);
     }
