@@ -91,7 +91,7 @@ pub struct Config {
     #[serde(deserialize_with = "units::duration")]
     pub drain_goaway_delay: Duration,
     /// Warm sandboxes kept ready for jobs of the default shape (see `src/job/warm.rs`); none = as many as
-    /// `workers`, at most 4; 0 = every job is spawned cold.
+    /// `workers`, at least 4, at most 8; 0 = every job is spawned cold.
     pub warm_sandboxes: Option<usize>,
     /// PEM certificate (chain) for TLS; with `tls_key`, the server speaks TLS only.
     pub tls_cert: Option<PathBuf>,

@@ -178,10 +178,12 @@ impl Jobs {
         }
     }
 
-    /// Keeps `target` warm sandboxes ready (default: as many as can start at once, up to 4; each is an idle
-    /// init and its namespaces); 0 = none.
+    /// Keeps `target` warm sandboxes ready (default: as many as can start at once, at least 4 and at most 8;
+    /// each is an idle init and its namespaces); 0 = none. At least 4: making one can stall for 10-30 ms (a v1
+    /// cgroup join on hybrid hosts waits for an RCU grace period), and with 2, sequential jobs used them up and
+    /// started cold, as slow, about once in a hundred.
     pub(crate) fn with_warm_sandboxes(mut self, target: Option<usize>) -> Self {
-        let target = target.unwrap_or_else(|| self.pool.workers().clamp(1, 4));
+        let target = target.unwrap_or_else(|| self.pool.workers().clamp(4, 8));
         self.warm = self.warm.take().filter(|_| target > 0).map(|pool| pool.with_target(target));
         self
     }
@@ -380,6 +382,7 @@ impl Jobs {
             }
         };
         let prepared = Instant::now();
+        let warm = sandbox.is_some();
         if self.panic_on_job.as_deref() == Some(plan.name.as_str()) {
             panic!("injected fault: a panic in the job task of `{}`", plan.name);
         }
@@ -465,6 +468,7 @@ impl Jobs {
         debug!(
             prepare_us = (prepared - accepted).as_micros() as u64,
             spawn_us = (started_at - prepared).as_micros() as u64,
+            warm,
             "spawned"
         );
         self.metrics.started.inc();
