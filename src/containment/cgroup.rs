@@ -20,10 +20,10 @@
 //! memory controller's per-cgroup state, and the hybrid hierarchies' directories, the largest part of the
 //! server's CPU per job once everything else was reused). When it is taken again, its peak memory is reset (in
 //! v2 through a file the job's cgroup keeps open: nothing is held by an idle spare); its next job's peak memory
-//! and OOM kills are counted from there. The page cache its jobs brought in stays cached and
-//! charged to it, up to a bound (see [`KEEP_CHARGED_AT_MOST`]): reclaiming it would evict, for instance, the
-//! job's program, to be read from disk again by the next job. What a job can read of a cgroup through a file it kept open, it can read of every job's by its
-//! path: the tree is readable to jobs.
+//! and OOM kills are counted from there. The page cache its jobs brought in stays cached and charged to it, up
+//! to a bound (see [`KEEP_CHARGED_AT_MOST`]): reclaiming it would evict, for instance, the job's program, to be
+//! read from disk again by the next job. What a job can read of a cgroup through a file it kept open, it can
+//! read of every job's by its path: the tree is readable to jobs.
 //!
 //! Limits use the v2 controllers enabled for the tree. On hybrid hosts (v2 mounted at
 //! `/sys/fs/cgroup/unified`, controllers still bound to v1) the memory, pids and cpu limits use the v1
@@ -291,9 +291,10 @@ impl CgroupTree {
         if !v1.is_empty() && !favors_dynamic_changes() {
             info!(
                 mount = %v2_mount.as_deref().unwrap_or(Path::new("?")).display(),
-                "hybrid cgroups: each job's worker joins the v1 hierarchies by a migration, which waits for an RCU grace \
-                 period and holds up every fork on the machine meanwhile (about 1 % of job starts take 10-30 ms more \
-                 on a 2-CPU VM); mounting cgroup2 with favordynmods (mount -o remount,favordynmods MOUNT) removes that"
+                "hybrid cgroups: each job's worker joins the v1 hierarchies by a migration, which waits for an RCU \
+                 grace period and holds up every fork on the machine meanwhile (about 1 % of job starts take \
+                 10-30 ms more on a 2-CPU VM); mounting cgroup2 with favordynmods (mount -o \
+                 remount,favordynmods MOUNT) removes that"
             );
         }
         let name = instance.to_string();
@@ -485,7 +486,8 @@ impl CgroupTree {
                 Err(e) => {
                     // The kernel cannot reset a peak (v2 before Linux 6.12): no cgroup will be kept again.
                     if e.kind() == io::ErrorKind::Unsupported && self.reuse.swap(false, Ordering::Relaxed) {
-                        warn!(cgroup = spare.name, error = %e, "job cgroups are not reused: their peak memory cannot be reset");
+                        let why = "job cgroups are not reused: their peak memory cannot be reset";
+                        warn!(cgroup = spare.name, error = %e, "{why}");
                     }
                     let _ = spare.remove();
                 }
