@@ -25,19 +25,7 @@ def main():
     for _ in range(runs):
         start = pb.StartJob(command=["sh", "-c", "sleep 1000 & sleep 1000 & echo ready; wait"])
         start.kill_grace.seconds = 0
-        call = stub.Execute(iter([pb.ExecuteRequest(start=start)]))
-        pid = None
-        for response in call:
-            kind = response.WhichOneof("event")
-            if kind == "started":
-                pid = response.started.pid
-            elif kind == "stdout":
-                break
-        tree = fc.session_members(pid)
-        deadline = time.monotonic() + 5
-        while len(tree) < 3 and time.monotonic() < deadline:
-            time.sleep(0.001)
-            tree = fc.session_members(pid)
+        call, tree = fc.open_tree(stub, start, 3)
         began = time.perf_counter()
         call.cancel()
         while any(os.path.exists(f"/proc/{p}") for p in tree):

@@ -88,6 +88,28 @@ def convert(stub, start, inputs, outputs, chunk_bytes=1 << 20):
     raise RuntimeError("the call ended without exited")
 
 
+def open_tree(stub, start, expected):
+    """Starts a job and waits until its tree has `expected` processes (for more than one, once it has printed
+    `ready`); returns the open call and the tree's pids."""
+    call = stub.Execute(iter([pb.ExecuteRequest(start=start)]))
+    pid = None
+    for response in call:
+        kind = response.WhichOneof("event")
+        if kind == "started":
+            pid = response.started.pid
+            if expected == 1:
+                break
+        elif kind == "stdout" and b"ready" in response.stdout:
+            break
+    deadline = time.monotonic() + 5
+    tree = session_members(pid)
+    while len(tree) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+        tree = session_members(pid)
+    assert len(tree) == expected, f"expected {expected} processes in the job, found {tree}"
+    return call, tree
+
+
 def session_members(sid):
     """Pids of the job's processes in session `sid` (a job's worker pid), from /proc. In a pid namespace the
     worker is forkpool's init (`forkpool-init`), which is not one of them."""
@@ -133,22 +155,7 @@ def main():
     else:
         start = pb.StartJob(job="sleep", args=["1000"])
         expected = 1
-    call = stub.Execute(iter([pb.ExecuteRequest(start=start)]))
-    pid = None
-    for response in call:
-        kind = response.WhichOneof("event")
-        if kind == "started":
-            pid = response.started.pid
-            if expected == 1:
-                break
-        elif kind == "stdout" and b"ready" in response.stdout:
-            break
-    deadline = time.monotonic() + 5
-    tree = session_members(pid)
-    while len(tree) < expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-        tree = session_members(pid)
-    assert len(tree) == expected, f"expected {expected} processes in the job, found {tree}"
+    call, tree = open_tree(stub, start, expected)
     call.cancel()
     deadline = time.monotonic() + 5
     while any(Path(f"/proc/{p}").exists() for p in tree):
