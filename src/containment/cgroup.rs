@@ -670,15 +670,13 @@ impl JobCgroup {
     pub(crate) fn memory_peak(&self) -> Option<u64> {
         let parse = |text: &str| text.trim().parse::<u64>().ok();
         let read = |path: PathBuf| parse(&std::fs::read_to_string(path).ok()?);
-        let peak = if let Some(file) = &self.reuse.base.peak {
-            let mut buf = [0u8; 32];
-            let n = file.read_at(&mut buf, 0).ok()?;
-            parse(std::str::from_utf8(&buf[..n]).ok()?)
-        } else if let Some(peak) = self.v2_memory.then(|| read(self.v2.join("memory.peak"))).flatten() {
-            Some(peak)
-        } else {
-            let (_, dir) = self.v1.iter().find(|(c, _)| *c == Controller::Memory)?;
-            read(dir.join("memory.max_usage_in_bytes"))
+        let peak = match &self.reuse.base.peak {
+            Some(file) => {
+                let mut buf = [0u8; 32];
+                let n = file.read_at(&mut buf, 0).ok()?;
+                parse(std::str::from_utf8(&buf[..n]).ok()?)
+            }
+            None => read(self.memory_file("memory.peak", "memory.max_usage_in_bytes")?),
         };
         peak.map(|peak| peak.saturating_sub(self.reuse.base.memory))
     }
@@ -752,11 +750,12 @@ impl JobCgroup {
             // Linux 6.12+: the peak read through this file is now the current charge.
             peak.write_at(b"0\n", 0).map_err(unsupported)?;
             base.peak = Some(peak);
-            base.memory = read_number(&self.v2.join("memory.current"))?;
-        } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {
+        } else if let Some(path) = self.memory_file("memory.peak", "memory.max_usage_in_bytes") {
             // The peak is now the current charge.
-            write(&dir.join("memory.max_usage_in_bytes"), "0")?;
-            base.memory = read_number(&dir.join("memory.usage_in_bytes"))?;
+            write(&path, "0")?;
+        }
+        if let Some(path) = self.memory_file("memory.current", "memory.usage_in_bytes") {
+            base.memory = read_number(&path)?;
         }
         base.oom_kills = self.oom_kills_ever();
         Ok(base)
@@ -764,14 +763,8 @@ impl JobCgroup {
 
     /// OOM kills inside the cgroup since it was made.
     fn oom_kills_ever(&self) -> u64 {
-        let (file, dir) = if self.v2_memory {
-            ("memory.events", &self.v2)
-        } else if let Some((_, dir)) = self.v1.iter().find(|(c, _)| *c == Controller::Memory) {
-            ("memory.oom_control", dir)
-        } else {
-            return 0;
-        };
-        std::fs::read_to_string(dir.join(file))
+        let Some(path) = self.memory_file("memory.events", "memory.oom_control") else { return 0 };
+        std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())

@@ -16,8 +16,9 @@
 //!   configuration, and the seccomp filter refuses `setns`/`unshare` anyway;
 //! - its pid namespace's init was reaped: every process of the job is gone;
 //! - its counters (`dev`, `snmp`, `snmp6`, `netstat`), its sockets in use (`sockstat`), its unix, packet and
-//!   netlink sockets and its IPv6 flow labels read exactly as they did when the namespace was new: no connection was made (a TCP `TIME_WAIT` would
-//!   refuse the next job a `bind`), nothing lingers, and no counter tells the next job anything about this one.
+//!   netlink sockets and its IPv6 flow labels read exactly as they did when the namespace was new: no
+//!   connection was made (a TCP `TIME_WAIT` would refuse the next job a `bind`), nothing lingers, and no
+//!   counter tells the next job anything about this one.
 //!
 //! Anything else (a job that used its network, a root job, an init that did not go in time, a full pool) drops
 //! the namespace; the kernel frees it once nothing holds it.

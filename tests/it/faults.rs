@@ -2,7 +2,6 @@
 //! removed underneath, the working-directory filesystem full. Each gives a clear error to the calls it
 //! affects, leaks nothing, and the server recovers once the pressure is gone.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use forkpool::pb;
@@ -112,14 +111,9 @@ async fn the_cgroup_tree_removed_underneath_is_made_again() {
     assert_serving(&mut client).await;
     let instance = instance_cgroup(&root);
     // The job's cgroup, emptied, is kept for the next job: it goes too (its next job gets a new one).
-    let spares = || -> Vec<PathBuf> {
-        std::fs::read_dir(&instance)
-            .map(|d| {
-                d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")).map(|e| e.path()).collect()
-            })
-            .unwrap_or_default()
-    };
-    assert!(wait_until(Duration::from_secs(5), || spares().iter().all(|d| std::fs::remove_dir(d).is_ok())));
+    assert!(wait_until(Duration::from_secs(5), || job_cgroups(&instance)
+        .iter()
+        .all(|d| std::fs::remove_dir(d).is_ok())));
     std::fs::remove_dir(&instance).expect("remove the server's cgroup tree underneath it");
     let out = run(&mut client, raw(&["cat", "/proc/self/cgroup"])).await;
     assert_eq!(out.code(), Some(0), "{out:?}");

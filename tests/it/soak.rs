@@ -226,14 +226,12 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     let status = settled_status(&mut status_client).await;
     // Job cgroups of this server: a warm sandbox's (populated, exactly one per idle sandbox), or a spare kept
     // for reuse (empty, at most 32); a job's cgroup with a process in it is left behind.
-    let job_cgroups = || -> Vec<PathBuf> {
+    let server_job_cgroups = || -> Vec<PathBuf> {
         std::fs::read_dir(cgroup_v2_mount().unwrap_or_default().join("forkpool"))
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("instance-{pid}-")))
-                    .flat_map(|instance| std::fs::read_dir(instance.path()).into_iter().flatten().flatten())
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
-                    .map(|e| e.path())
+                    .flat_map(|instance| job_cgroups(&instance.path()))
                     .collect()
             })
             .unwrap_or_default()
@@ -245,14 +243,14 @@ async fn soak_mixed_load_loses_nothing_and_leaks_nothing() {
     let mut cgroups_left = 0;
     let mut spares = 0;
     let sandboxes_match = wait_until(Duration::from_secs(5), || {
-        let dirs = job_cgroups();
+        let dirs = server_job_cgroups();
         let in_use = dirs.iter().filter(|d| populated(d)).count();
         let sandboxes = server.warm_sandboxes().len();
         cgroups_left = in_use.saturating_sub(sandboxes);
         spares = dirs.len() - in_use;
         if cgroup_mode { in_use == sandboxes && spares <= 32 } else { dirs.is_empty() }
     });
-    assert!(sandboxes_match, "job cgroups {:?} for warm sandboxes {:?}", job_cgroups(), server.warm_sandboxes());
+    assert!(sandboxes_match, "job cgroups {:?} for warm sandboxes {:?}", server_job_cgroups(), server.warm_sandboxes());
     let (fd_end, rss_end) = (fds_of(pid).len(), rss_kib(pid));
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let cancelled = t(&tally.cancelled) + t(&tally.killed_clients);

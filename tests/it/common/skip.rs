@@ -54,6 +54,16 @@ pub fn instance_cgroup(root: &std::path::Path) -> std::path::PathBuf {
         .expect("the server's instance cgroup")
 }
 
+/// The job cgroups (`job-*`) in a server's instance cgroup `instance`: its jobs', its warm sandboxes', and
+/// the emptied ones it keeps for reuse.
+pub fn job_cgroups(instance: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(instance)
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")).map(|e| e.path()).collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The containment modes a test can ask a server for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
