@@ -45,7 +45,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, the metrics endpoint |
+//! | [`server`] | wiring and shutdown; [`server::service`] (requests in, events out, every `Status`), auth, the handshake deadline, health, the metrics endpoint |
 //! | [`job`] | one call's life: the pool, supervision (endings decided), stdio and pty pumps, terminals, the report, the counters |
 //! | [`process`] | spawning (the only fork-time unsafe code; namespaces, pty pairs, the seccomp filter, the pid namespace's init), the registry, the reaper (the only waiter), killing, `/proc` |
 //! | [`containment`] | cgroups, working directories and the files in them, dynamic users, a crashed server's leftovers, the guardian |

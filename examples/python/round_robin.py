@@ -30,6 +30,9 @@ from forkpool_client import pb, pb_grpc  # noqa: E402  (stubs generated from ../
 SERVICE_CONFIG = {
     # One subchannel per address, calls in turn; a replica that is down or closed its connection is skipped.
     "loadBalancingConfig": [{"round_robin": {}}],
+    # Calls only to replicas whose grpc.health.v1 status is SERVING: a draining replica (NOT_SERVING at once,
+    # GOAWAY a second later) gets no new call, instead of a third of them refused with UNAVAILABLE.
+    "healthCheckConfig": {"serviceName": "forkpool.v1.Executor"},
     "methodConfig": [{
         "name": [{"service": "forkpool.v1.Executor"}],
         # Retried only while no response arrived: forkpool answers a refused call with its status alone, and a

@@ -82,8 +82,12 @@ impl Registry {
             if pid == self.guardian_pid.load(Ordering::Acquire) {
                 drop(inner);
                 self.guardian_died.store(true, Ordering::Release);
-                error!(pid, status = ?reaped.status, "the guardian died: if the server crashes now, processes of \
-                    its jobs can outlive it until the next start");
+                if self.guardian_retired.load(Ordering::Acquire) {
+                    debug!(pid, status = ?reaped.status, "the guardian exited with the server");
+                } else {
+                    error!(pid, status = ?reaped.status, "the guardian died: if the server crashes now, processes \
+                        of its jobs can outlive it until the next start");
+                }
                 continue;
             }
             self.orphans_reaped.inc();

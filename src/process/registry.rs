@@ -159,6 +159,8 @@ pub(crate) struct Registry {
     /// The guardian's pid (a child of the server that is neither a worker nor an orphan), or 0.
     pub(super) guardian_pid: AtomicI32,
     pub(super) guardian_died: AtomicBool,
+    /// Set when the server is done: the guardian's exit is then expected.
+    pub(super) guardian_retired: AtomicBool,
     /// Told about escapers' sessions in fallback mode.
     session_guardian: OnceLock<Arc<dyn SessionWatch>>,
     /// Wakes the reaper when a pid it had to leave alone (in flight) has been registered.
@@ -174,6 +176,11 @@ impl Registry {
     /// Records the guardian's pid: when it is reaped, that is an error, not an orphan.
     pub(crate) fn set_guardian(&self, pid: i32) {
         self.guardian_pid.store(pid, Ordering::Release);
+    }
+
+    /// The server is done: the guardian exiting from now on is its normal end, not an error.
+    pub(crate) fn retire_guardian(&self) {
+        self.guardian_retired.store(true, Ordering::Release);
     }
 
     /// Whether the guardian was seen to die.

@@ -13,6 +13,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod handshake;
+pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod service;
 
@@ -144,11 +145,18 @@ pub async fn run(
         None => None,
     };
     let abandon = CancellationToken::new();
-    let mut jobs =
-        Jobs::new(Arc::clone(&pool), spawner, registry, containment, metrics, shutdown.now.clone(), abandon.clone())
-            .with_max_terminals(config.max_terminals)
-            .with_upload_idle_timeout(config.upload_idle_timeout)
-            .with_warm_sandboxes(config.warm_sandboxes);
+    let mut jobs = Jobs::new(
+        Arc::clone(&pool),
+        spawner,
+        Arc::clone(&registry),
+        containment,
+        metrics,
+        shutdown.now.clone(),
+        abandon.clone(),
+    )
+    .with_max_terminals(config.max_terminals)
+    .with_upload_idle_timeout(config.upload_idle_timeout)
+    .with_warm_sandboxes(config.warm_sandboxes);
     jobs.inject_panic_on_job(process.panic_on_job);
     let jobs = Arc::new(jobs);
     let warm_keeper = {
@@ -158,7 +166,9 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let service = ExecutorService::new(Arc::clone(&jobs), Arc::clone(&config), tracker.clone());
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let stop_transport = CancellationToken::new();
+    let health = tonic_health::server::HealthReporter::new();
+    let health_service = health::service(health.clone(), stop_transport.clone());
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
     let reflection = || {
@@ -197,7 +207,6 @@ pub async fn run(
         .with_nodelay(Some(true))
         .with_keepalive(Some(config.keepalive_interval))
         .map(move |accepted| accepted.map(|stream| HandshakeDeadline::new(stream, handshake_timeout, lifetime)));
-    let stop_transport = CancellationToken::new();
     let message_limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let mut builder = tonic::transport::Server::builder().max_concurrent_streams(config.max_concurrent_streams);
     if let Some(age) = config.max_connection_age {
@@ -297,14 +306,17 @@ pub async fn run(
     stop_transport.cancel();
     stop_metrics.cancel();
     let grace = if forced { FORCED_CLOSE_GRACE } else { CLOSE_GRACE };
-    match tokio::time::timeout(grace, &mut transport).await {
+    let result = match tokio::time::timeout(grace, &mut transport).await {
         Ok(result) => flatten(result),
         Err(_) => {
             warn!("some calls did not close in time; stopping anyway");
             transport.abort();
             Ok(())
         }
-    }
+    };
+    // The guardian ends when the server does (its pipe closes with the last reference).
+    registry.retire_guardian();
+    result
 }
 
 /// The TLS configuration from the config's PEM files, if any.

@@ -226,7 +226,8 @@ fn plan_status(e: PlanError) -> Status {
     }
 }
 
-fn admission_status(e: AdmissionError) -> Status {
+/// Also the end of a health `Watch` when the server stops taking calls ([`super::health`]).
+pub(super) fn admission_status(e: AdmissionError) -> Status {
     match e {
         AdmissionError::QueueFull { .. }
         | AdmissionError::TooManyTerminals { .. }

@@ -36,6 +36,35 @@ async fn a_drain_lets_running_jobs_finish_while_health_says_not_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_health_watch_sees_not_serving_then_ends_and_holds_no_shutdown_open() {
+    // A watcher that keeps its Watch stream open and ignores GOAWAY (grpcio's own health checking does not:
+    // it cancels the stream): the stream says NOT_SERVING at the drain, ends with UNAVAILABLE when the server
+    // stops taking calls, and the server closes its connections without waiting for it.
+    let mut server = TestServer::start(&["--allow-raw-commands", "--drain-timeout", "20s"]);
+    let channel =
+        tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: "forkpool.v1.Executor".into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("a first status").expect("not ended");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    server.signal(Signal::SIGTERM);
+    let second = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("in time");
+    assert_eq!(second.expect("a status").expect("not ended").status, ServingStatus::NotServing as i32);
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.expect("the stream ends");
+    let status = end.expect_err("it ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    let exit = server.wait_exit(Duration::from_secs(10)).expect("the server exits after the drain");
+    assert!(exit.success(), "{exit:?}");
+    let log = server.log_text();
+    assert!(!log.contains("did not close in time"), "the Watch held the shutdown open: {log}");
+    assert!(!log.contains(" ERROR "), "a clean stop logs no error (the guardian ends with the server): {log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_kills_every_job_at_once() {
     let mut server = TestServer::start(&["--allow-raw-commands", "--drain-timeout", "60s"]);
     let mut client = server.client().await;

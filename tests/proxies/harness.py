@@ -296,11 +296,12 @@ RETRY_CODES = ["RESOURCE_EXHAUSTED", "UNAVAILABLE"]
 
 
 def service_config(round_robin=False, retry=True, max_attempts=5):
-    """A gRPC service config: round_robin (or the default pick_first), and a retry policy for the two codes
-    that forkpool returns only for calls it never admitted."""
+    """A gRPC service config: round_robin with client-side health checking (or the default pick_first), and a
+    retry policy for the two codes that forkpool returns only for calls it never admitted."""
     config = {}
     if round_robin:
         config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": "forkpool.v1.Executor"}
     if retry:
         config["methodConfig"] = [{
             "name": [{"service": "forkpool.v1.Executor"}],
