@@ -55,8 +55,13 @@ impl Stream for EndingWatch {
             return Poll::Ready(None);
         }
         // A change first (NOT_SERVING is set when the drain begins, before the stop), then the end.
-        if let Poll::Ready(Some(item)) = Pin::new(&mut self.inner).poll_next(cx) {
-            return Poll::Ready(Some(item));
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
         }
         if self.stop.as_mut().poll(cx).is_ready() {
             self.ended = true;
