@@ -376,7 +376,11 @@ def test_catalog_and_status(client: forkpool.Client, server: Server) -> None:
 
 def test_round_robin_service_config(make_server) -> None:  # type: ignore[no-untyped-def]
     a, b = make_server(), make_server()
-    config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    # As the README shows it: round robin over the replicas whose health says SERVING.
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": "forkpool.v1.Executor"},
+    }
     with forkpool.Client(f"ipv4:{a.address},{b.address}", service_config=config, wait_for_ready=True) as client:
         for _ in range(8):
             assert client.run("echo", args=["balanced"]).ok
