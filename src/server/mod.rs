@@ -242,10 +242,11 @@ pub async fn run(
         result = &mut transport => return flatten(result),
     }
     info!(drain_timeout_ms = shutdown.drain_timeout.as_millis() as u64, "draining");
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    // Admission closes first: once health says NOT_SERVING, no new call is admitted.
     pool.close();
     tracker.close();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
     // No more warm sandboxes: none will be used.
     let closing_warm = {
         let jobs = Arc::clone(&jobs);

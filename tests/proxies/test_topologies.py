@@ -187,7 +187,7 @@ def test_draining_replica_loses_no_call(make_topology, kind, figure):
     while draining.proc.poll() is None:  # until the long job is done and the replica exits
         try:
             if not_serving is None and draining.health() == 2:
-                not_serving = time.monotonic() - sigterm
+                not_serving = time.monotonic()
             refused = draining.metrics().get('forkpool_calls_rejected_total{reason="draining"}', refused)
         except Exception:
             pass
@@ -209,7 +209,10 @@ def test_draining_replica_loses_no_call(make_topology, kind, figure):
     after = [r for r in results if r[1] > exited]
     assert len(during) >= 5 and len(after) >= 3, (len(during), len(after))
     assert all(r[5] is not None for r in results), "a call whose replica is unknown"
-    assert not [r for r in results if r[0] > sigterm and r[5] is draining], "a call started on the draining replica"
+    # A call sent as the signal arrives may still be admitted; none sent after NOT_SERVING was seen (the server
+    # closes admission first, then says NOT_SERVING).
+    late = [r for r in results if r[0] > not_serving and r[5] is draining]
+    assert not late, f"calls admitted by the draining replica after it said NOT_SERVING: {late}"
     figure(kind, "drain: ok calls while draining / after exit", f"{len(during)} / {len(after)}, 0 failed")
     figure(kind, "drain: refusals retried elsewhere", int(refused))
 
