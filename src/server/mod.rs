@@ -1,7 +1,7 @@
 //! Wiring: the reaper, the spawner, the pool and the gRPC server (the Executor service, health, reflection,
 //! keepalive), and the shutdown sequence.
 //!
-//! Shutdown is a drain: `drain` fires → health says `NOT_SERVING`, new and queued calls get `UNAVAILABLE`,
+//! Shutdown is a drain: `drain` fires → new and queued calls get `UNAVAILABLE`, health says `NOT_SERVING`,
 //! running jobs may finish for up to `drain_timeout` → then (or when `now` fires) the rest are killed
 //! (SIGTERM, SIGKILL after at most a second) and report `EXIT_REASON_SHUTDOWN` → every job task has ended,
 //! everything is reaped → connections close → the server returns.
