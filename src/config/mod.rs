@@ -85,7 +85,7 @@ pub struct Config {
     /// ask (`StartJob.heartbeat_interval`).
     #[serde(deserialize_with = "units::optional_duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// On SIGTERM, health turns NOT_SERVING at once, and this long after (or at the drain timeout, if
+    /// On SIGTERM, new calls are refused and health turns NOT_SERVING at once, and this long after (or at the drain timeout, if
     /// sooner) every connection is sent GOAWAY and no new one is accepted: health checkers see the change
     /// first, then clients and proxies take new calls elsewhere, while running calls go on.
     #[serde(deserialize_with = "units::duration")]

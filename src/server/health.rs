@@ -1,6 +1,6 @@
-//! The `grpc.health.v1` service: tonic-health's, except that every `Watch` stream ends, with `UNAVAILABLE`,
-//! once the server takes no more calls (its GOAWAY). A watcher that ignores GOAWAY would otherwise keep its
-//! connection, and with it the end of the shutdown, open until the close grace ran out.
+//! The `grpc.health.v1` service: tonic-health's, except that every `Watch` stream ends, with `UNAVAILABLE`, at
+//! the drain's GOAWAY (not at a `max_connection_age` one). A watcher that ignores GOAWAY would otherwise keep
+//! its connection, and with it the end of the shutdown, open until the close grace ran out.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +40,7 @@ impl Health for EndingHealth {
     }
 }
 
-/// A status whenever it changes (the first at once), then `UNAVAILABLE` when the server stops taking calls.
+/// A status whenever it changes (the first at once), then `UNAVAILABLE` at the drain's GOAWAY.
 pub(crate) struct EndingWatch {
     inner: tonic_health::server::WatchStream,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,

@@ -315,7 +315,7 @@ pub async fn run(
             Ok(())
         }
     };
-    // The guardian ends when the server does (its pipe closes with the last reference).
+    // The guardian ends when the server does (its socket closes with the last reference).
     registry.retire_guardian();
     result
 }
