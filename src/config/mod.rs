@@ -85,9 +85,9 @@ pub struct Config {
     /// ask (`StartJob.heartbeat_interval`).
     #[serde(deserialize_with = "units::optional_duration")]
     pub heartbeat_interval: Option<Duration>,
-    /// On SIGTERM, new calls are refused and health turns NOT_SERVING at once, and this long after (or at the drain timeout, if
-    /// sooner) every connection is sent GOAWAY and no new one is accepted: health checkers see the change
-    /// first, then clients and proxies take new calls elsewhere, while running calls go on.
+    /// On SIGTERM, new calls are refused and health turns NOT_SERVING at once, and this long after (or at the
+    /// drain timeout, if sooner) every connection is sent GOAWAY and no new one is accepted: health checkers see
+    /// the change first, then clients and proxies take new calls elsewhere, while running calls go on.
     #[serde(deserialize_with = "units::duration")]
     pub drain_goaway_delay: Duration,
     /// Warm sandboxes kept ready for jobs of the default shape (see `src/job/warm.rs`); none = as many as

@@ -668,15 +668,13 @@ impl JobCgroup {
     /// The job's peak memory (the whole tree's, page cache included): v2 `memory.peak` (Linux 5.19+) or v1
     /// `memory.max_usage_in_bytes`, above what an earlier job left charged. `None` where neither is available.
     pub(crate) fn memory_peak(&self) -> Option<u64> {
-        let parse = |text: &str| text.trim().parse::<u64>().ok();
-        let read = |path: PathBuf| parse(&std::fs::read_to_string(path).ok()?);
         let peak = match &self.reuse.base.peak {
             Some(file) => {
                 let mut buf = [0u8; 32];
                 let n = file.read_at(&mut buf, 0).ok()?;
-                parse(std::str::from_utf8(&buf[..n]).ok()?)
+                std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
             }
-            None => read(self.memory_file("memory.peak", "memory.max_usage_in_bytes")?),
+            None => read_number(&self.memory_file("memory.peak", "memory.max_usage_in_bytes")?).ok(),
         };
         peak.map(|peak| peak.saturating_sub(self.reuse.base.memory))
     }

@@ -9,11 +9,20 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::job::pool::AdmissionError;
+
+/// Sets the status of the server as a whole (`""`) and of the Executor service, which health checkers ask
+/// about (either may be configured).
+pub(crate) async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    for service in ["", super::SERVICE_NAME] {
+        reporter.set_service_status(service, status).await;
+    }
+}
 
 /// The health service for `reporter`'s statuses, whose watches end when `stop` fires.
 pub(crate) fn service(reporter: HealthReporter, stop: CancellationToken) -> HealthServer<EndingHealth> {

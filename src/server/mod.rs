@@ -169,8 +169,7 @@ pub async fn run(
     let stop_transport = CancellationToken::new();
     let health = tonic_health::server::HealthReporter::new();
     let health_service = health::service(health.clone(), stop_transport.clone());
-    health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    health::set_status(&health, ServingStatus::Serving).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -245,8 +244,7 @@ pub async fn run(
     // Admission closes first: once health says NOT_SERVING, no new call is admitted.
     pool.close();
     tracker.close();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    health::set_status(&health, ServingStatus::NotServing).await;
     // No more warm sandboxes: none will be used.
     let closing_warm = {
         let jobs = Arc::clone(&jobs);

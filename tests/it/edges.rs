@@ -117,7 +117,7 @@ async fn raw_execute(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_does_not_decode_mid_call_gets_invalid_argument_and_kills_the_job() {
     let server = TestServer::start(&["--allow-raw-commands"]);
-    let channel = tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("c");
+    let channel = server.channel().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     tx.send(start_msg(sh("echo ready; sleep 1000")).encode_to_vec()).await.expect("queue");
     let mut responses = raw_execute(&channel, rx).await.expect("accepted").into_inner();

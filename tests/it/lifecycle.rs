@@ -41,9 +41,7 @@ async fn a_health_watch_sees_not_serving_then_ends_and_holds_no_shutdown_open() 
     // it cancels the stream): the stream says NOT_SERVING at the drain, ends with UNAVAILABLE when the server
     // stops taking calls, and the server closes its connections without waiting for it.
     let mut server = TestServer::start(&["--allow-raw-commands", "--drain-timeout", "20s"]);
-    let channel =
-        tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
-    let mut watch = HealthClient::new(channel)
+    let mut watch = HealthClient::new(server.channel().await)
         .watch(HealthCheckRequest { service: "forkpool.v1.Executor".into() })
         .await
         .expect("watch")

@@ -138,8 +138,7 @@ async fn bearer_tokens_authenticate_and_limit_jobs_while_health_stays_open() {
     }
 
     // Probes need no token.
-    let channel =
-        tonic::transport::Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
+    let channel = server.channel().await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest { service: "forkpool.v1.Executor".into() })
         .await

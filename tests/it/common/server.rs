@@ -122,8 +122,12 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> ExecutorClient<Channel> {
-        let channel = Channel::from_shared(self.url.clone()).expect("url").connect().await.expect("connect");
-        ExecutorClient::new(channel)
+        ExecutorClient::new(self.channel().await)
+    }
+
+    /// A new connection to the server (for the health service, or raw calls).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone()).expect("url").connect().await.expect("connect")
     }
 
     /// The `host:port` of the metrics endpoint (the server must run with `--metrics-listen`).
